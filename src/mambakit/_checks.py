@@ -1,0 +1,59 @@
+"""Argument checks shared by the public functions.
+
+Each raises a :mod:`mambakit.errors` exception whose message says which argument, what was expected and
+what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .errors import DeviceError, DTypeError, ShapeError
+
+
+def check_tensor(name: str, t: object, ndim: int | Sequence[int] | None = None,
+                 floating: bool = True, complex_ok: bool = False) -> torch.Tensor:
+    """Check that ``t`` is a tensor of an allowed rank and (by default) a floating dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ShapeError(f"{name}: expected {want} dimensions, got {t.dim()} (shape {tuple(t.shape)})")
+    if floating:
+        if t.is_complex():
+            if not complex_ok:
+                raise DTypeError(f"{name}: expected a real floating-point tensor, got {t.dtype}")
+        elif not t.is_floating_point():
+            raise DTypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what: str = "") -> None:
+    """Check ``t.shape`` against ``expected``; ``None`` entries match any size."""
+    shape = tuple(t.shape)
+    if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        extra = f" ({what})" if what else ""
+        raise ShapeError(f"{name}: expected shape {want}{extra}, got {shape}")
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """All given tensors (``None`` skipped) must be on one device."""
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {k: v.device for k, v in present.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{k} on {d}" for k, d in devices.items())
+        raise DeviceError(f"tensors must be on one device, got {listing}")
+
+
+def check_same_real_dtype(**tensors: torch.Tensor | None) -> None:
+    """Real floating tensors that are combined elementwise must share one precision."""
+    present = {k: v for k, v in tensors.items() if v is not None and not v.is_complex()}
+    dtypes = {k: v.dtype for k, v in present.items()}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{k}: {d}" for k, d in dtypes.items())
+        raise DTypeError(f"mixed floating-point dtypes: {listing}; cast them to one dtype")

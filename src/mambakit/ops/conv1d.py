@@ -1,0 +1,87 @@
+"""Causal depthwise 1-D convolution, the short convolution in front of the Mamba scan.
+
+Each channel is convolved with its own kernel of width W over the W-1 previous inputs and the current one
+(zero left padding), so output t never sees input t+1. ``causal_conv1d_update`` is the same map one step
+at a time, over a rolling window of the last W inputs (the conv state).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
+from ..errors import ConfigError
+
+_ACTIVATIONS = (None, "silu", "swish")
+
+
+def _check_common(weight: torch.Tensor, bias: torch.Tensor | None, dim: int, activation: str | None) -> None:
+    check_tensor("weight", weight, ndim=2)
+    check_shape("weight", weight, (dim, None), "(dim, width)")
+    if weight.shape[1] < 1:
+        raise ConfigError(f"weight: width must be >= 1, got {weight.shape[1]}")
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1)
+        check_shape("bias", bias, (dim,))
+    if activation not in _ACTIVATIONS:
+        raise ConfigError(f"activation: expected None, 'silu' or 'swish', got {activation!r}")
+
+
+def causal_conv1d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """Causal depthwise convolution over the whole sequence.
+
+    Args:
+        x: (batch, dim, L).
+        weight: (dim, width); ``weight[:, -1]`` multiplies the current input.
+        bias: optional (dim,).
+        activation: None, or "silu"/"swish" applied to the output.
+
+    Returns:
+        (batch, dim, L) in x's dtype.
+    """
+    check_tensor("x", x, ndim=3)
+    dim = x.shape[1]
+    _check_common(weight, bias, dim, activation)
+    check_same_device(x=x, weight=weight, bias=bias)
+    check_same_real_dtype(x=x, weight=weight)
+    width = weight.shape[1]
+    out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=dim)
+    return F.silu(out) if activation is not None else out
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """One step of :func:`causal_conv1d_ref`; shifts ``x`` into ``conv_state`` in place.
+
+    Args:
+        x: (batch, dim), the input at the new position.
+        conv_state: (batch, dim, width), the last ``width`` inputs, oldest first (zeros before the start).
+        weight, bias, activation: as in :func:`causal_conv1d_ref`.
+
+    Returns:
+        (batch, dim), equal to the column of the full-sequence convolution at this position.
+    """
+    check_tensor("x", x, ndim=2)
+    batch, dim = x.shape
+    _check_common(weight, bias, dim, activation)
+    check_tensor("conv_state", conv_state, ndim=3)
+    check_shape("conv_state", conv_state, (batch, dim, weight.shape[1]), "(batch, dim, width)")
+    check_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    check_same_real_dtype(x=x, weight=weight)
+    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
+    out = (conv_state.to(weight.dtype) * weight).sum(-1)
+    if bias is not None:
+        out = out + bias
+    out = out.to(x.dtype)
+    return F.silu(out) if activation is not None else out

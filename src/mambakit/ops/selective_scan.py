@@ -1,0 +1,258 @@
+"""The selective scan (S6), the core operation of Mamba.
+
+For every batch row b and channel d, with a state h of size N (Mamba paper, Algorithm 2):
+
+    Δ_t  = softplus(delta_t + delta_bias)          (softplus and bias optional)
+    h_t  = exp(Δ_t · A) ⊙ h_{t-1} + Δ_t · B_t · u_t   (zero-order hold for A, Euler for B)
+    y_t  = <C_t, h_t> + D · u_t                    (for complex A: 2·Re<C_t, h_t>)
+    out  = y · silu(z)                              (gate optional)
+
+Layouts follow the official implementation: u, delta, z are (batch, dim, L); A is (dim, N); B and C are
+time-invariant (dim, N), input-dependent (batch, N, L), or grouped (batch, groups, N, L). For complex A,
+input-dependent B and C are real tensors holding interleaved (re, im) pairs along L (length 2·L).
+
+``selective_scan_ref`` is the plain reference (a Python loop over L, differentiable by autograd);
+``selective_scan`` has the same signature plus ``backend`` and dispatches to faster implementations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
+from ..errors import DTypeError, ShapeError
+
+
+def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 if any real input is float64, else float32 (half precisions are upcast, as officially)."""
+    for t in tensors:
+        if t is not None and t.dtype in (torch.float64, torch.complex128):
+            return torch.float64
+    return torch.float32
+
+
+def _check_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, L: int, complex_A: bool) -> None:
+    check_tensor(name, X, ndim=(2, 3, 4), complex_ok=complex_A)
+    if X.dim() == 2:
+        check_shape(name, X, (dim, N), "time-invariant (dim, N)")
+        if complex_A and not X.is_complex():
+            raise DTypeError(f"{name}: time-invariant {name} must be complex when A is complex, got {X.dtype}")
+        return
+    if X.is_complex():
+        raise DTypeError(f"{name}: input-dependent {name} must be real (interleaved re/im for complex A), "
+                         f"got {X.dtype}")
+    Lx = 2 * L if complex_A else L
+    if X.dim() == 3:
+        check_shape(name, X, (batch, N, Lx), "input-dependent (batch, N, L)" + (", L doubled" if complex_A else ""))
+    else:
+        groups = X.shape[1]
+        if groups < 1 or dim % groups != 0:
+            raise ShapeError(f"{name}: groups (dim 1) must divide dim={dim}, got groups={groups}")
+        check_shape(name, X, (batch, groups, N, Lx), "grouped (batch, groups, N, L)")
+
+
+def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
+    """Validate the arguments of a selective scan; raises a mambakit error naming the argument."""
+    check_tensor("u", u, ndim=3)
+    batch, dim, L = u.shape
+    check_tensor("delta", delta, ndim=3)
+    check_shape("delta", delta, (batch, dim, L), "same as u")
+    check_tensor("A", A, ndim=2, complex_ok=True)
+    if A.shape[0] != dim:
+        raise ShapeError(f"A: expected shape (dim={dim}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    _check_bc("B", B, batch, dim, N, L, A.is_complex())
+    _check_bc("C", C, batch, dim, N, L, A.is_complex())
+    if D is not None:
+        check_tensor("D", D, ndim=1)
+        check_shape("D", D, (dim,))
+    if z is not None:
+        check_tensor("z", z, ndim=3)
+        check_shape("z", z, (batch, dim, L), "same as u")
+    if delta_bias is not None:
+        check_tensor("delta_bias", delta_bias, ndim=1)
+        check_shape("delta_bias", delta_bias, (dim,))
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    variable = {"B": B, "C": C} if A.is_complex() else {k: v for k, v in (("B", B), ("C", C)) if v.dim() > 2}
+    check_same_real_dtype(u=u, delta=delta, z=z, **variable)
+
+
+def _expand_bc(X: torch.Tensor, dim: int, complex_A: bool, dtype: torch.dtype) -> torch.Tensor:
+    """Bring B or C to (dim, N) or (batch, dim, N, L), complex where A is complex."""
+    if X.dim() == 2:
+        return X.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if complex_A else X.to(dtype)
+    X = X.to(dtype)
+    if complex_A:  # (..., 2L) interleaved (re, im) -> complex (..., L)
+        X = torch.view_as_complex(X.unflatten(-1, (-1, 2)).contiguous())
+    if X.dim() == 3:  # (batch, N, L): shared by all channels
+        return X.unsqueeze(1)
+    return X.repeat_interleave(dim // X.shape[1], dim=1)  # (batch, groups, N, L): each group serves dim/groups
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Reference selective scan: a readable loop over time, exact in float64.
+
+    Args:
+        u: (batch, dim, L) input.
+        delta: (batch, dim, L) step sizes before ``delta_bias`` and softplus.
+        A: (dim, N) real or complex state matrix (diagonal per channel).
+        B, C: (dim, N), (batch, N, L) or (batch, groups, N, L); interleaved re/im along L for complex A.
+        D: optional (dim,) skip connection.
+        z: optional (batch, dim, L) gate, applied as ``y * silu(z)``.
+        delta_bias: optional (dim,) added to delta before the softplus.
+        delta_softplus: apply softplus to delta.
+        return_last_state: also return the final state h_L, (batch, dim, N).
+
+    Returns:
+        out (batch, dim, L) in u's dtype; with ``return_last_state``, ``(out, last_state)`` where
+        ``last_state`` is float32/float64 (complex for complex A).
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, L = u.shape
+    complex_A = A.is_complex()
+
+    uf = u.to(dtype)
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    Af = A.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if complex_A else A.to(dtype)
+    Bf = _expand_bc(B, dim, complex_A, dtype)
+    Cf = _expand_bc(C, dim, complex_A, dtype)
+
+    h = torch.zeros(batch, dim, A.shape[1], dtype=Af.dtype, device=u.device)
+    ys = []
+    for t in range(L):
+        dt_t = dt[:, :, t, None]                                   # (batch, dim, 1)
+        B_t = Bf if Bf.dim() == 2 else Bf[..., t]                  # (dim, N) or (batch, dim, N)
+        C_t = Cf if Cf.dim() == 2 else Cf[..., t]
+        h = torch.exp(dt_t * Af) * h + dt_t * B_t * uf[:, :, t, None]
+        y_t = (h * C_t).sum(-1)                                    # (batch, dim)
+        ys.append(2 * y_t.real if complex_A else y_t)
+    y = torch.stack(ys, dim=-1) if L > 0 else uf.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + uf * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    out = y.to(u.dtype)
+    return (out, h) if return_last_state else out
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with a choice of implementation; same arguments and results as :func:`selective_scan_ref`.
+
+    ``backend``: ``"auto"`` picks the fastest correct implementation for the inputs' device and dtype;
+    ``mambakit.ops.available_backends()`` lists the names accepted.
+    """
+    from .backends import resolve_backend
+
+    fn = resolve_backend(backend, u, A)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One recurrent step of the selective scan, for generation; updates ``state`` in place.
+
+    Args:
+        state: (batch, dim, N) state h_{t-1}; complex when A is complex. Overwritten with h_t.
+        x: (batch, dim) input u_t.
+        dt: (batch, dim) step size before ``dt_bias`` and softplus.
+        A: (dim, N) real or complex.
+        B, C: (batch, N) or grouped (batch, groups, N); complex (batch, N) for complex A.
+        D: optional (dim,); z: optional (batch, dim) gate; dt_bias: optional (dim,).
+
+    Returns:
+        y_t, (batch, dim), in x's dtype. Running this L times from a zero state equals
+        :func:`selective_scan_ref` on the whole sequence.
+    """
+    check_tensor("x", x, ndim=2)
+    batch, dim = x.shape
+    check_tensor("dt", dt, ndim=2)
+    check_shape("dt", dt, (batch, dim), "same as x")
+    check_tensor("A", A, ndim=2, complex_ok=True)
+    if A.shape[0] != dim:
+        raise ShapeError(f"A: expected shape (dim={dim}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    check_tensor("state", state, ndim=3, complex_ok=True)
+    check_shape("state", state, (batch, dim, N), "(batch, dim, N)")
+    if A.is_complex() != state.is_complex():
+        raise DTypeError(f"state: must be complex exactly when A is complex; got state {state.dtype}, A {A.dtype}")
+    for name, X in (("B", B), ("C", C)):
+        check_tensor(name, X, ndim=(2, 3), complex_ok=A.is_complex())
+        if X.dim() == 2:
+            check_shape(name, X, (batch, N), "(batch, N)")
+        else:
+            if X.shape[1] < 1 or dim % X.shape[1] != 0:
+                raise ShapeError(f"{name}: groups (dim 1) must divide dim={dim}, got groups={X.shape[1]}")
+            check_shape(name, X, (batch, X.shape[1], N), "grouped (batch, groups, N)")
+    if D is not None:
+        check_tensor("D", D, ndim=1)
+        check_shape("D", D, (dim,))
+    if z is not None:
+        check_tensor("z", z, ndim=2)
+        check_shape("z", z, (batch, dim), "same as x")
+    if dt_bias is not None:
+        check_tensor("dt_bias", dt_bias, ndim=1)
+        check_shape("dt_bias", dt_bias, (dim,))
+    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    check_same_real_dtype(x=x, dt=dt, z=z)
+
+    dtype = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, state)
+    dtf = dt.to(dtype)
+    if dt_bias is not None:
+        dtf = dtf + dt_bias.to(dtype)
+    if dt_softplus:
+        dtf = F.softplus(dtf)
+
+    def per_channel(X: torch.Tensor) -> torch.Tensor:  # -> (batch, dim, N) or (batch, 1, N)
+        X = X.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if X.is_complex() else X.to(dtype)
+        return X.unsqueeze(1) if X.dim() == 2 else X.repeat_interleave(dim // X.shape[1], dim=1)
+
+    Af = A.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if A.is_complex() else A.to(dtype)
+    h = state.to(Af.dtype)
+    h = torch.exp(dtf[..., None] * Af) * h + (dtf * x.to(dtype))[..., None] * per_channel(B)
+    state.copy_(h)
+    y = (h * per_channel(C)).sum(-1)
+    y = 2 * y.real if A.is_complex() else y
+    if D is not None:
+        y = y + x.to(dtype) * D.to(dtype)
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(x.dtype)
