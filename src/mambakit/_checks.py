@@ -35,8 +35,12 @@ def check_tensor(name: str, t: object, ndim: int | Sequence[int] | None = None,
 def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what: str = "") -> None:
     """Check ``t.shape`` against ``expected``; ``None`` entries match any size."""
     shape = tuple(t.shape)
-    if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
-        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+    mismatch = len(shape) != len(expected) or any(
+        e is not None and s != e for s, e in zip(shape, expected, strict=True)
+    )
+    if mismatch:
+        sizes = ["*" if e is None else str(e) for e in expected]
+        want = "(" + ", ".join(sizes) + ("," if len(sizes) == 1 else "") + ")"
         extra = f" ({what})" if what else ""
         raise ShapeError(f"{name}: expected shape {want}{extra}, got {shape}")
 

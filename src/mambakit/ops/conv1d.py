@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 
 _ACTIVATIONS = (None, "silu", "swish")
 
@@ -20,7 +20,7 @@ def _check_common(weight: torch.Tensor, bias: torch.Tensor | None, dim: int, act
     check_tensor("weight", weight, ndim=2)
     check_shape("weight", weight, (dim, None), "(dim, width)")
     if weight.shape[1] < 1:
-        raise ConfigError(f"weight: width must be >= 1, got {weight.shape[1]}")
+        raise ShapeError(f"weight: width (dim 1) must be >= 1, got {weight.shape[1]}")
     if bias is not None:
         check_tensor("bias", bias, ndim=1)
         check_shape("bias", bias, (dim,))
@@ -49,7 +49,7 @@ def causal_conv1d_ref(
     dim = x.shape[1]
     _check_common(weight, bias, dim, activation)
     check_same_device(x=x, weight=weight, bias=bias)
-    check_same_real_dtype(x=x, weight=weight)
+    check_same_real_dtype(x=x, weight=weight, bias=bias)
     width = weight.shape[1]
     out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=dim)
     return F.silu(out) if activation is not None else out
@@ -78,9 +78,11 @@ def causal_conv1d_update(
     check_tensor("conv_state", conv_state, ndim=3)
     check_shape("conv_state", conv_state, (batch, dim, weight.shape[1]), "(batch, dim, width)")
     check_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
-    check_same_real_dtype(x=x, weight=weight)
-    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
-    out = (conv_state.to(weight.dtype) * weight).sum(-1)
+    check_same_real_dtype(x=x, weight=weight, bias=bias)
+    window = torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
+    conv_state.copy_(window)
+    # Use `window`, not conv_state: the next step overwrites conv_state, so autograd must not save it.
+    out = (window.to(weight.dtype) * weight).sum(-1)
     if bias is not None:
         out = out + bias
     out = out.to(x.dtype)

@@ -32,19 +32,26 @@ def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float32
 
 
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype with ``dtype``'s precision (float64 -> complex128, else complex64)."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
 def _check_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, L: int, complex_A: bool) -> None:
     check_tensor(name, X, ndim=(2, 3, 4), complex_ok=complex_A)
     if X.dim() == 2:
         check_shape(name, X, (dim, N), "time-invariant (dim, N)")
         if complex_A and not X.is_complex():
-            raise DTypeError(f"{name}: time-invariant {name} must be complex when A is complex, got {X.dtype}")
+            raise DTypeError(f"{name}: time-invariant {name} must be complex when A is complex, "
+                             f"got {X.dtype}")
         return
     if X.is_complex():
         raise DTypeError(f"{name}: input-dependent {name} must be real (interleaved re/im for complex A), "
                          f"got {X.dtype}")
     Lx = 2 * L if complex_A else L
     if X.dim() == 3:
-        check_shape(name, X, (batch, N, Lx), "input-dependent (batch, N, L)" + (", L doubled" if complex_A else ""))
+        layout = "input-dependent (batch, N, L)" + (", L doubled" if complex_A else "")
+        check_shape(name, X, (batch, N, Lx), layout)
     else:
         groups = X.shape[1]
         if groups < 1 or dim % groups != 0:
@@ -81,13 +88,15 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
 def _expand_bc(X: torch.Tensor, dim: int, complex_A: bool, dtype: torch.dtype) -> torch.Tensor:
     """Bring B or C to (dim, N) or (batch, dim, N, L), complex where A is complex."""
     if X.dim() == 2:
-        return X.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if complex_A else X.to(dtype)
+        return X.to(_complex_of(dtype) if complex_A else dtype)
     X = X.to(dtype)
-    if complex_A:  # (..., 2L) interleaved (re, im) -> complex (..., L)
-        X = torch.view_as_complex(X.unflatten(-1, (-1, 2)).contiguous())
+    if complex_A:
+        # (..., 2L) interleaved (re, im) -> complex (..., L); unlike view_as_complex, any memory layout works.
+        X = torch.complex(X[..., 0::2], X[..., 1::2])
     if X.dim() == 3:  # (batch, N, L): shared by all channels
         return X.unsqueeze(1)
-    return X.repeat_interleave(dim // X.shape[1], dim=1)  # (batch, groups, N, L): each group serves dim/groups
+    # (batch, groups, N, L): channel d reads group d // (dim / groups), as the official repeat "(G H)".
+    return X.repeat_interleave(dim // X.shape[1], dim=1)
 
 
 def selective_scan_ref(
@@ -130,7 +139,7 @@ def selective_scan_ref(
         dt = dt + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    Af = A.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if complex_A else A.to(dtype)
+    Af = A.to(_complex_of(dtype) if complex_A else dtype)
     Bf = _expand_bc(B, dim, complex_A, dtype)
     Cf = _expand_bc(C, dim, complex_A, dtype)
 
@@ -165,7 +174,7 @@ def selective_scan(
     return_last_state: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Selective scan with a choice of implementation; same arguments and results as :func:`selective_scan_ref`.
+    """Selective scan with a choice of implementation; arguments and results as :func:`selective_scan_ref`.
 
     ``backend``: ``"auto"`` picks the fastest correct implementation for the inputs' device and dtype;
     ``mambakit.ops.available_backends()`` lists the names accepted.
@@ -195,7 +204,7 @@ def selective_state_update(
         x: (batch, dim) input u_t.
         dt: (batch, dim) step size before ``dt_bias`` and softplus.
         A: (dim, N) real or complex.
-        B, C: (batch, N) or grouped (batch, groups, N); complex (batch, N) for complex A.
+        B, C: (batch, N) or grouped (batch, groups, N), in x's dtype; may be complex for complex A.
         D: optional (dim,); z: optional (batch, dim) gate; dt_bias: optional (dim,).
 
     Returns:
@@ -213,7 +222,8 @@ def selective_state_update(
     check_tensor("state", state, ndim=3, complex_ok=True)
     check_shape("state", state, (batch, dim, N), "(batch, dim, N)")
     if A.is_complex() != state.is_complex():
-        raise DTypeError(f"state: must be complex exactly when A is complex; got state {state.dtype}, A {A.dtype}")
+        raise DTypeError(f"state: must be complex exactly when A is complex; got state {state.dtype}, "
+                         f"A {A.dtype}")
     for name, X in (("B", B), ("C", C)):
         check_tensor(name, X, ndim=(2, 3), complex_ok=A.is_complex())
         if X.dim() == 2:
@@ -232,7 +242,7 @@ def selective_state_update(
         check_tensor("dt_bias", dt_bias, ndim=1)
         check_shape("dt_bias", dt_bias, (dim,))
     check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    check_same_real_dtype(x=x, dt=dt, z=z)
+    check_same_real_dtype(x=x, dt=dt, z=z, B=B, C=C)  # complex B, C (for complex A) are skipped
 
     dtype = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, state)
     dtf = dt.to(dtype)
@@ -242,11 +252,11 @@ def selective_state_update(
         dtf = F.softplus(dtf)
 
     def per_channel(X: torch.Tensor) -> torch.Tensor:  # -> (batch, dim, N) or (batch, 1, N)
-        X = X.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if X.is_complex() else X.to(dtype)
+        X = X.to(_complex_of(dtype) if X.is_complex() else dtype)
         return X.unsqueeze(1) if X.dim() == 2 else X.repeat_interleave(dim // X.shape[1], dim=1)
 
-    Af = A.to(torch.complex128 if dtype == torch.float64 else torch.complex64) if A.is_complex() else A.to(dtype)
-    h = state.to(Af.dtype)
+    Af = A.to(_complex_of(dtype) if A.is_complex() else dtype)
+    h = state.to(Af.dtype, copy=True)  # a copy: autograd may keep h_{t-1} while state is overwritten below
     h = torch.exp(dtf[..., None] * Af) * h + (dtf * x.to(dtype))[..., None] * per_channel(B)
     state.copy_(h)
     y = (h * per_channel(C)).sum(-1)
