@@ -1,0 +1,249 @@
+"""The Mamba block (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", Fig. 3).
+
+    x, z = in_proj(h).split                      (batch, L, d_inner) each
+    x    = silu(causal_conv1d(x))                depthwise, kernel d_conv
+    Δ, B, C = x_proj(x).split                    Δ of rank dt_rank, B and C of size d_state
+    Δ    = softplus(dt_proj.weight @ Δ + dt_proj.bias)
+    y    = selective_scan(x, Δ, A = -exp(A_log), B, C, D) * silu(z)
+    out  = out_proj(y)
+
+Parameter names, shapes and initialisation follow ``mamba_ssm`` (``Mamba`` in mamba_simple.py) so that
+official and Hugging Face checkpoints load unchanged. The block follows the mixer protocol: ``forward``
+(optionally filling a recurrent state), ``allocate_state`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_shape, check_tensor
+from ..errors import ConfigError, ShapeError
+from ..ops import causal_conv1d_ref, causal_conv1d_update, selective_scan, selective_state_update
+
+
+class MambaBlock(nn.Module):
+    """Selective state-space mixer: (batch, L, d_model) -> (batch, L, d_model).
+
+    Args:
+        d_model: model width.
+        d_state: state size N per channel.
+        d_conv: width of the causal depthwise convolution.
+        expand: d_inner = expand * d_model.
+        dt_rank: rank of the Δ projection, or "auto" = ceil(d_model / 16).
+        dt_min, dt_max, dt_init_floor: Δ at initialisation is log-uniform in [dt_min, dt_max], floored.
+        conv_bias: bias in the convolution; bias: biases in in_proj and out_proj.
+        layer_idx: position in the stack (informational).
+        scan_backend: passed to :func:`mambakit.ops.selective_scan` ("auto" picks the fastest).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        layer_idx: int | None = None,
+        scan_backend: str = "auto",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {v!r}")
+        if dt_rank != "auto" and (not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1):
+            raise ConfigError(f'dt_rank: expected "auto" or a positive integer, got {dt_rank!r}')
+        if not 0 < dt_min <= dt_max:
+            raise ConfigError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, got {dt_min!r}, {dt_max!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.layer_idx = layer_idx
+        self.scan_backend = scan_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory,
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, **factory))
+        self.D = nn.Parameter(torch.empty(self.d_inner, **factory))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        # A and D are not decayed, as officially (the optimiser helper reads this mark).
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        # The Δ bias carries the initial step sizes; a model-level re-initialisation must keep it.
+        self.dt_proj.bias._no_reinit = True
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(
+        self,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """The official S4D-real / Δ initialisation of A_log, D and dt_proj (weight and bias)."""
+        bound = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -bound, bound, generator=generator)
+        # Δ log-uniform in [dt_min, dt_max], floored; the bias is its inverse softplus so softplus(bias) = Δ.
+        # Computed in float32 as officially, so the same random draws give the same bits.
+        u = torch.rand(self.d_inner, generator=generator, dtype=torch.float32)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
+        self.dt_proj.bias.copy_(inv_softplus_dt)
+        # S4D-real: A = -(1, 2, ..., N) in every channel, stored as A_log = log(1..N).
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def _check_hidden(self, hidden_states: torch.Tensor, ndim: int) -> None:
+        check_tensor("hidden_states", hidden_states, ndim=ndim)
+        if hidden_states.shape[-1] != self.d_model:
+            raise ShapeError(
+                f"hidden_states: expected last dimension d_model={self.d_model}, got shape "
+                f"{tuple(hidden_states.shape)}"
+            )
+
+    def _check_state(self, state: object, batch: int) -> None:
+        if not isinstance(state, dict) or "conv_state" not in state or "ssm_state" not in state:
+            raise ConfigError(
+                "state: expected a dict with 'conv_state' and 'ssm_state' (from allocate_state), "
+                f"got {type(state).__name__}"
+                + (f" with keys {sorted(state)}" if isinstance(state, dict) else "")
+            )
+        check_tensor("state['conv_state']", state["conv_state"], ndim=3)
+        check_shape(
+            "state['conv_state']",
+            state["conv_state"],
+            (batch, self.d_inner, self.d_conv),
+            "(batch, d_inner, d_conv)",
+        )
+        check_tensor("state['ssm_state']", state["ssm_state"], ndim=3)
+        check_shape(
+            "state['ssm_state']",
+            state["ssm_state"],
+            (batch, self.d_inner, self.d_state),
+            "(batch, d_inner, d_state)",
+        )
+
+    @staticmethod
+    def _upcast(t: torch.Tensor) -> torch.Tensor:
+        """The SSM's own parameters are used in float32 (as officially), or float64 in a float64 model."""
+        return t if t.dtype == torch.float64 else t.float()
+
+    def _conv_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conv weight (d_inner, d_conv) and bias in the activations' dtype (they differ under autocast)."""
+        weight = self.conv1d.weight.squeeze(1).to(dtype)
+        bias = None if self.conv1d.bias is None else self.conv1d.bias.to(dtype)
+        return weight, bias
+
+    def _ssm_params(self, x_dbl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Split x_proj's output (..., dt_rank + 2N) into Δ-low-rank, B and C."""
+        return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward(
+        self, hidden_states: torch.Tensor, state: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """hidden_states (batch, L, d_model) -> (batch, L, d_model).
+
+        With ``state`` (from :meth:`allocate_state`), the sequence is a fresh prompt: on return the state
+        holds the last d_conv inputs of the convolution and the SSM state after the last position, ready for
+        :meth:`step`.
+        """
+        self._check_hidden(hidden_states, 3)
+        batch, L, _ = hidden_states.shape
+        if state is not None:
+            self._check_state(state, batch)
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2·d_inner, L)
+        x, z = xz.chunk(2, dim=1)
+        if state is not None:  # keep the last d_conv inputs, zero-padded on the left for short prompts
+            state["conv_state"].copy_(F.pad(x, (self.d_conv - L, 0)))
+        x = causal_conv1d_ref(x, *self._conv_params(x.dtype), activation="silu")
+        dt, B, C = self._ssm_params(self.x_proj(x.transpose(1, 2)))  # (batch, L, ·)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L), bias added in scan
+        A = -torch.exp(self._upcast(self.A_log))
+        result = selective_scan(
+            x,
+            dt,
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D=self._upcast(self.D),
+            z=z,
+            delta_bias=self._upcast(self.dt_proj.bias),
+            delta_softplus=True,
+            return_last_state=state is not None,
+            backend=self.scan_backend,
+        )
+        if state is not None:
+            y, last_state = result
+            state["ssm_state"].copy_(last_state)
+        else:
+            y = result
+        return self.out_proj(y.transpose(1, 2))
+
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
+        """A zero state: conv_state (batch, d_inner, d_conv) in ``dtype`` (default: the conv weight's) and
+        ssm_state (batch, d_inner, d_state) in float32 (float64 for a float64 model)."""
+        weight = self.conv1d.weight
+        device = weight.device if device is None else device
+        conv_dtype = weight.dtype if dtype is None else dtype
+        ssm_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        return {
+            "conv_state": torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype),
+            "ssm_state": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),
+        }
+
+    def step(self, hidden_states: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One token: hidden_states (batch, d_model) -> (batch, d_model); updates ``state`` in place, O(1)."""
+        self._check_hidden(hidden_states, 2)
+        self._check_state(state, hidden_states.shape[0])
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
+        x = causal_conv1d_update(x, state["conv_state"], *self._conv_params(x.dtype), activation="silu")
+        dt, B, C = self._ssm_params(self.x_proj(x))
+        dt = dt @ self.dt_proj.weight.t()  # (batch, d_inner)
+        A = -torch.exp(self._upcast(self.A_log))
+        y = selective_state_update(
+            state["ssm_state"],
+            x,
+            dt,
+            A,
+            B,
+            C,
+            D=self._upcast(self.D),
+            z=z,
+            dt_bias=self._upcast(self.dt_proj.bias),
+            dt_softplus=True,
+        )
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"dt_rank={self.dt_rank}"
+        )

@@ -1,0 +1,281 @@
+"""The Mamba language model: embedding, a pre-norm residual stack of (norm, mixer) layers, final norm,
+tied head.
+
+Module and parameter names follow ``mamba_ssm``'s ``MambaLMHeadModel`` (backbone.embedding,
+backbone.layers[i].norm, backbone.layers[i].mixer, backbone.norm_f, lm_head), so official checkpoints load by
+name.
+
+Residual stream (as officially, with ``fused_add_norm`` or without; they compute the same thing):
+
+    residual = embedding(input_ids)
+    for each layer:  residual = residual (in float32 if residual_in_fp32) + mixer(norm(residual))
+    logits = lm_head(norm_f(residual))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .._checks import check_same_device
+from ..errors import ConfigError, DTypeError, MambakitError, ShapeError
+from ..layers.norm import RMSNorm
+from .config import MambaConfig
+from .mixers import build_mixer
+
+InferenceCache = list  # one mixer state dict per layer, made by MambaLMHeadModel.allocate_inference_cache
+
+
+class TokenIdError(MambakitError, ValueError):
+    """A token id is outside [0, vocab_size)."""
+
+
+def check_input_ids(
+    input_ids: object, vocab_size: int, ndim: int = 2, name: str = "input_ids"
+) -> torch.Tensor:
+    """input_ids must be an integer tensor of rank ``ndim`` with every id in [0, vocab_size)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+        raise DTypeError(
+            f"{name}: expected an integer tensor (torch.long) of token ids, got {input_ids.dtype}"
+        )
+    if input_ids.dim() != ndim:
+        want = "(batch, L)" if ndim == 2 else "(batch,)"
+        raise ShapeError(f"{name}: expected {ndim} dimensions {want}, got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() > 0:
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise TokenIdError(f"{name}: expected token ids in [0, {vocab_size}) (vocab_size), got {bad}")
+    return input_ids
+
+
+class ResidualBlock(nn.Module):
+    """One layer of the stack: ``norm`` then ``mixer``; the residual addition is done by the backbone."""
+
+    def __init__(self, config: MambaConfig, layer_idx: int, device=None, dtype=None) -> None:
+        super().__init__()
+        if config.rms_norm:
+            self.norm = RMSNorm(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype)
+        else:
+            self.norm = nn.LayerNorm(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype)
+        self.mixer = build_mixer(config, layer_idx, device=device, dtype=dtype)
+
+
+class MixerModel(nn.Module):
+    """The backbone: embedding, layers, final norm; (batch, L) ids -> (batch, L, d_model) hidden states."""
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.embedding = nn.Embedding(config.vocab_size_padded, config.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(ResidualBlock(config, i, device, dtype) for i in range(config.n_layer))
+        norm_cls = RMSNorm if config.rms_norm else nn.LayerNorm
+        self.norm_f = norm_cls(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype)
+
+    def _add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        if self.residual_in_fp32 and residual.dtype != torch.float64:
+            residual = residual.float()
+        return residual + update
+
+    def forward(self, input_ids: torch.Tensor, state: InferenceCache | None = None) -> torch.Tensor:
+        """input_ids (batch, L) -> normalised hidden states (batch, L, d_model); fills ``state`` if given."""
+        residual = self.embedding(input_ids)
+        for i, layer in enumerate(self.layers):
+            hidden = layer.norm(residual.to(layer.norm.weight.dtype))
+            residual = self._add(residual, layer.mixer(hidden, state=None if state is None else state[i]))
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
+        """input_ids (batch,) -> hidden states (batch, d_model); advances every layer's state by one token."""
+        residual = self.embedding(input_ids)
+        for i, layer in enumerate(self.layers):
+            hidden = layer.norm(residual.to(layer.norm.weight.dtype))
+            residual = self._add(residual, layer.mixer.step(hidden, state[i]))
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+
+class MambaLMHeadModel(nn.Module):
+    """Mamba language model. ``forward(input_ids (batch, L)) -> logits (batch, L, vocab_size_padded)``.
+
+    Logits beyond ``config.vocab_size`` belong to padding rows; :meth:`generate` never samples them.
+    """
+
+    def __init__(
+        self, config: MambaConfig, device=None, dtype=None, generator: torch.Generator | None = None
+    ) -> None:
+        """Build the model with the official initialisation; ``generator`` (a CPU ``torch.Generator``) makes
+        every initial weight reproducible without touching the global random state."""
+        super().__init__()
+        if not isinstance(config, MambaConfig):
+            raise ConfigError(f"config: expected a mambakit.MambaConfig, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        if generator is None:
+            self._build(device, dtype)
+            return
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        target = torch.device(device) if device is not None else torch.device("cpu")
+        accel = [target.index or 0] if target.type == "cuda" else []
+        with torch.random.fork_rng(devices=accel):
+            torch.manual_seed(seed)
+            self._build(device, dtype)
+
+    def _build(self, device, dtype) -> None:
+        config = self.config
+        self.backbone = MixerModel(config, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(
+            config.d_model, config.vocab_size_padded, bias=False, device=device, dtype=dtype
+        )
+        self.reset_parameters()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The official model-level initialisation (``mamba_ssm``'s ``_init_weights``) on top of each
+        mixer's own: Linear biases zero (except the Δ bias), embedding N(0, 0.02), and ``out_proj`` re-drawn
+        Kaiming-uniform then scaled by 1/sqrt(n_layer) for the pre-norm residual stack (GPT-2's rescaling,
+        one residual per layer)."""
+        n_layer = self.config.n_layer
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                if not getattr(module.bias, "_no_reinit", False):
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        for layer in self.backbone.layers:
+            for name, p in layer.mixer.named_parameters():
+                if name == "out_proj.weight":
+                    nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+                    p /= math.sqrt(n_layer)
+
+    # ------------------------------------------------------------------------------------------- forward
+    def _check_cache(self, state: object, batch: int) -> None:
+        if not isinstance(state, list) or len(state) != self.config.n_layer:
+            got = f"a list of {len(state)}" if isinstance(state, list) else type(state).__name__
+            raise ConfigError(
+                f"state: expected a list of {self.config.n_layer} per-layer state dicts "
+                f"(allocate_inference_cache), got {got}"
+            )
+
+    def forward(
+        self, input_ids: torch.Tensor, state: InferenceCache | None = None, num_last_tokens: int = 0
+    ) -> torch.Tensor:
+        """input_ids (batch, L) integer -> logits (batch, L, vocab_size_padded).
+
+        With ``state`` (from :meth:`allocate_inference_cache`), ``input_ids`` is a fresh prompt and on return
+        ``state`` holds every layer's recurrent state after its last token (prefill), ready for :meth:`step`.
+        ``num_last_tokens > 0`` computes the logits of the last positions only, (batch, num_last_tokens, V).
+        """
+        check_input_ids(input_ids, self.config.vocab_size)
+        check_same_device(input_ids=input_ids, weights=self.lm_head.weight)
+        if state is not None:
+            self._check_cache(state, input_ids.shape[0])
+        if not isinstance(num_last_tokens, int) or isinstance(num_last_tokens, bool) or num_last_tokens < 0:
+            raise ConfigError(f"num_last_tokens: expected an integer >= 0 (0 = all), got {num_last_tokens!r}")
+        hidden = self.backbone(input_ids, state=state)
+        if num_last_tokens > 0:
+            hidden = hidden[:, -num_last_tokens:]
+        return self.lm_head(hidden)
+
+    def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
+        """A zero recurrent state for every layer: a list of per-layer mixer state dicts (for Mamba,
+        conv_state (batch, d_inner, d_conv) and ssm_state (batch, d_inner, d_state))."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        return [
+            layer.mixer.allocate_state(batch_size, device=device, dtype=dtype)
+            for layer in self.backbone.layers
+        ]
+
+    def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
+        """One token per row: input_ids (batch,) -> logits (batch, vocab_size_padded); O(1) work per token."""
+        check_input_ids(input_ids, self.config.vocab_size, ndim=1)
+        check_same_device(input_ids=input_ids, weights=self.lm_head.weight)
+        self._check_cache(state, input_ids.shape[0])
+        return self.lm_head(self.backbone.step(input_ids, state))
+
+    # --------------------------------------------------------------------------------------- generation
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        repetition_penalty: float = 1.0,
+        streamer: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Prompt (batch, L) -> prompt followed by the new tokens (batch, L + n), n <= max_new_tokens.
+
+        See :func:`mambakit.models.generation.generate`.
+        """
+        from .generation import generate
+
+        return generate(
+            self,
+            input_ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            generator=generator,
+            repetition_penalty=repetition_penalty,
+            streamer=streamer,
+        )
+
+    def generate_iter(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> Iterator[torch.Tensor]:
+        """Yield each new token (batch,) as it is produced; arguments as :meth:`generate`."""
+        from .generation import generate_tokens
+
+        return generate_tokens(self, input_ids, max_new_tokens, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ training
+    def no_weight_decay_param_names(self) -> set[str]:
+        """Names of parameters the optimiser should not decay: biases, norm weights, the embedding, and
+        parameters marked ``_no_weight_decay`` (A_log and D)."""
+        names = set()
+        norm_types = (RMSNorm, nn.LayerNorm)
+        for module_name, module in self.named_modules():
+            for p_name, p in module.named_parameters(recurse=False):
+                full = f"{module_name}.{p_name}" if module_name else p_name
+                if (
+                    p_name == "bias"
+                    or isinstance(module, norm_types)
+                    or isinstance(module, nn.Embedding)
+                    or getattr(p, "_no_weight_decay", False)
+                ):
+                    names.add(full)
+        present = {n for n, _ in self.named_parameters()}  # drops the tied head's duplicate name
+        return names & present
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Two optimiser groups: decayed weights, and the :meth:`no_weight_decay_param_names` at decay 0."""
+        skip = self.no_weight_decay_param_names()
+        decay = [p for n, p in self.named_parameters() if p.requires_grad and n not in skip]
+        no_decay = [p for n, p in self.named_parameters() if p.requires_grad and n in skip]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device=None, dtype=None) -> MambaLMHeadModel:
+        """Load a directory in the state-spaces or the Hugging Face layout; see :mod:`.checkpoint`."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | os.PathLike, format: str = "mambakit") -> None:
+        """Write ``config.json`` and ``model.safetensors``: ``format="mambakit"`` (state-spaces layout) or
+        ``"hf"`` (transformers ``MambaForCausalLM``); see :mod:`.checkpoint`."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, path, format=format)

@@ -1,0 +1,70 @@
+"""Which sequence mixer a language model layer uses, by name (``MambaConfig.mixer``).
+
+A factory takes ``(config, layer_idx, device, dtype)`` and returns an ``nn.Module`` following the mixer
+protocol: ``forward(hidden_states (batch, L, d_model), state=None)``, ``allocate_state(batch_size, device,
+dtype)`` and ``step(hidden_states (batch, d_model), state)``. Other mixers (S4D, LRU, attention, ...) register
+themselves here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers.lru import LRU
+from ..layers.mamba import MambaBlock
+from ..layers.s4 import S4
+from ..layers.s4d import S4D
+
+if TYPE_CHECKING:
+    from .config import MambaConfig
+
+MixerFactory = Callable[["MambaConfig", int, object, object], nn.Module]
+
+
+def _build_mamba(config: MambaConfig, layer_idx: int, device=None, dtype=None) -> nn.Module:
+    return MambaBlock(
+        config.d_model,
+        d_state=config.d_state,
+        d_conv=config.d_conv,
+        expand=config.expand,
+        dt_rank=config.dt_rank,
+        dt_min=config.dt_min,
+        dt_max=config.dt_max,
+        dt_init_floor=config.dt_init_floor,
+        conv_bias=config.conv_bias,
+        bias=config.bias,
+        layer_idx=layer_idx,
+        device=device,
+        dtype=dtype,
+    )
+
+
+_MIXERS: dict[str, MixerFactory] = {
+    "mamba": _build_mamba,
+    "s4d": S4D.from_config,
+    "s4": S4.from_config,
+    "lru": LRU.from_config,
+}
+
+
+def register_mixer(name: str, factory: MixerFactory) -> None:
+    """Make ``MambaConfig(mixer=name)`` build its layers with ``factory(config, layer_idx, device, dtype)``.
+
+    A mixer registered under an existing name replaces it."""
+    _MIXERS[name] = factory
+
+
+def available_mixers() -> list[str]:
+    """Names accepted by ``MambaConfig.mixer``."""
+    return sorted(_MIXERS)
+
+
+def build_mixer(config: MambaConfig, layer_idx: int, device=None, dtype=None) -> nn.Module:
+    """The mixer of layer ``layer_idx`` for ``config``; unknown names raise :class:`ConfigError`."""
+    if config.mixer not in _MIXERS:
+        raise ConfigError(f"MambaConfig.mixer: expected one of {available_mixers()}, got {config.mixer!r}")
+    return _MIXERS[config.mixer](config, layer_idx, device, dtype)

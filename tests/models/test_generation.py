@@ -1,0 +1,150 @@
+"""Generation: greedy equals re-running the full model, sampling options, eos, streaming, bad arguments."""
+
+import pytest
+import torch
+
+from mambakit import MambaConfig, MambaLMHeadModel
+from mambakit.errors import ConfigError, DTypeError
+from mambakit.models import TokenIdError, sample_next_token
+
+VOCAB = 37  # padded to 40: the padding logits must never be sampled
+
+
+@pytest.fixture(scope="module")
+def model() -> MambaLMHeadModel:
+    torch.manual_seed(1)
+    m = MambaLMHeadModel(MambaConfig(d_model=32, n_layer=2, vocab_size=VOCAB, d_state=4))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        m.lm_head.weight[VOCAB:] = 50.0  # padding rows would win every argmax if they were sampled
+    return m.eval()
+
+
+def test_greedy_equals_rerunning_the_full_model(model):
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    out = model.generate(prompt, 12, temperature=0)
+    assert out.shape == (2, 17) and out.dtype == torch.long and torch.equal(out[:, :5], prompt)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):  # the slow way: the whole sequence through forward at every step
+            nxt = model(seq)[:, -1, :VOCAB].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(out, seq)
+    assert torch.equal(model.generate(prompt, 12, temperature=0), out)  # deterministic
+    assert int(out.max()) < VOCAB
+
+
+def test_sampling_is_reproducible_with_a_generator(model):
+    prompt = torch.randint(0, VOCAB, (3, 4))
+    a = model.generate(prompt, 10, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    b = model.generate(prompt, 10, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    c = model.generate(prompt, 10, temperature=1.0, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.max()) < VOCAB
+    greedy = model.generate(prompt, 10, temperature=0)
+    assert torch.equal(
+        model.generate(prompt, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(1)),
+        greedy,
+    )
+    assert torch.equal(
+        model.generate(prompt, 10, temperature=0.7, top_p=1e-6, generator=torch.Generator().manual_seed(1)),
+        greedy,
+    )
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next_token(logits, 1.0, top_k=2, generator=g).tolist()) == {0, 1}
+    probs = torch.softmax(logits[0], -1)  # 0.636, 0.234, 0.086, ...
+    got = sample_next_token(logits, 1.0, top_p=0.8, generator=g)  # keeps the first two (0.636 < 0.8)
+    assert set(got.tolist()) == {0, 1}
+    frac = (got == 0).float().mean().item()
+    assert abs(frac - probs[0] / (probs[0] + probs[1])) < 0.05
+    assert set(sample_next_token(logits, 1.0, top_p=0.5, generator=g).tolist()) == {0}
+    assert torch.equal(sample_next_token(logits[:2], 0.0), torch.zeros(2, dtype=torch.long))
+
+
+def test_repetition_penalty_discourages_repeats(model):
+    prompt = torch.randint(0, VOCAB, (2, 3))
+    plain = model.generate(prompt, 20, temperature=0)
+    penalised = model.generate(prompt, 20, temperature=0, repetition_penalty=1e4)
+    for row in penalised:  # with a huge penalty, no token repeats while unseen tokens remain
+        assert len(set(row.tolist())) == len(row)
+    assert not torch.equal(plain, penalised)
+
+
+def test_eos_stops_and_pads(model):
+    prompt = torch.randint(0, VOCAB, (2, 4))
+    free = model.generate(prompt, 8, temperature=0)
+    eos = int(free[0, 4])  # row 0's first new token
+    out = model.generate(prompt, 8, temperature=0, eos_token_id=eos)
+    assert torch.all(out[0, 4:] == eos)  # a finished row keeps emitting eos
+    row1 = free[1, 4:].tolist()
+    n1 = row1.index(eos) + 1 if eos in row1 else 8
+    assert out[1, 4 : 4 + n1].tolist() == row1[:n1]  # the other row runs on until its own eos
+    assert out.shape[1] == 4 + n1
+    assert model.generate(prompt[:1], 8, temperature=0, eos_token_id=eos).shape == (1, 5)
+
+
+def test_streamer_and_iterator(model):
+    prompt = torch.randint(0, VOCAB, (1, 4))
+    seen = []
+    out = model.generate(prompt, 6, temperature=0, streamer=seen.append)
+    assert torch.equal(torch.stack(seen, 1), out[:, 4:])
+
+    class Streamer:
+        def __init__(self):
+            self.tokens, self.ended = [], False
+
+        def put(self, t):
+            self.tokens.append(int(t[0]))
+
+        def end(self):
+            self.ended = True
+
+    s = Streamer()
+    model.generate(prompt, 6, temperature=0, streamer=s)
+    assert s.tokens == out[0, 4:].tolist() and s.ended
+    it = list(model.generate_iter(prompt, 6, temperature=0))
+    assert torch.equal(torch.stack(it, 1), out[:, 4:])
+    assert torch.equal(model.generate(prompt, 0, temperature=0), prompt)
+
+
+def test_generate_restores_training_mode(model):
+    model.train()
+    model.generate(torch.zeros(1, 2, dtype=torch.long), 2, temperature=0)
+    assert model.training
+    model.eval()
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(eos_token_id=VOCAB), "eos_token_id"),
+        (dict(streamer=3), "streamer"),
+    ],
+)
+def test_bad_generation_arguments(model, kwargs, name):
+    args = dict(max_new_tokens=3)
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=name):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), **args)
+
+
+def test_bad_prompts(model):
+    with pytest.raises(DTypeError, match="input_ids"):
+        model.generate(torch.zeros(1, 2), 3)
+    with pytest.raises(TokenIdError, match="input_ids"):
+        model.generate(torch.full((1, 2), VOCAB), 3)
+    with pytest.raises(ConfigError, match="input_ids.*length 0"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
+    with pytest.raises(ConfigError, match="temperature"):  # the iterator checks before the first token
+        model.generate_iter(torch.zeros(1, 2, dtype=torch.long), 3, temperature=-1)
