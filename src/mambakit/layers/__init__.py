@@ -2,8 +2,9 @@
 
 from .lru import LRU
 from .mamba import MambaBlock
+from .mamba2 import Mamba2Block, RMSNormGated
 from .norm import RMSNorm
 from .s4 import S4
 from .s4d import S4D
 
-__all__ = ["LRU", "MambaBlock", "RMSNorm", "S4", "S4D"]
+__all__ = ["LRU", "Mamba2Block", "MambaBlock", "RMSNorm", "RMSNormGated", "S4", "S4D"]
