@@ -10,6 +10,12 @@ Two layouts, detected from ``config.json``:
   backbone.embeddings.weight, no lm_head.weight when tied, and an unpadded vocabulary (see
   :mod:`mambakit.models.config` for how padding maps across).
 
+Mamba-2 models use the same two layouts (state-spaces ``ssm_cfg: {"layer": "Mamba2", ...}``; Hugging Face
+``Mamba2ForCausalLM``, model_type "mamba2"); the mixer's weight names (in_proj, conv1d, dt_bias, A_log, D,
+norm.weight, out_proj) are the same in both. A checkpoint whose weights are of the other Mamba kind than its
+config says (Mamba-1 weights: x_proj/dt_proj and a 2-D A_log; Mamba-2: dt_bias, a 1-D A_log) is refused
+with an error naming the config field.
+
 Weights are read from ``model.safetensors`` (or a sharded ``model.safetensors.index.json``) first, and
 otherwise from ``pytorch_model.bin`` with ``torch.load(weights_only=True)``, which refuses arbitrary pickled
 objects. Writes are atomic: a temporary file in the same directory, fsync, then ``os.replace``.
@@ -85,10 +91,11 @@ def read_config(directory: str | os.PathLike) -> tuple[MambaConfig, str]:
         raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     try:
         if "model_type" in raw:
-            if raw["model_type"] != "mamba":
+            if raw["model_type"] not in ("mamba", "mamba2"):
                 raise CheckpointError(
-                    f"{path}: config.model_type: expected 'mamba' (a transformers "
-                    f"MambaForCausalLM), got {raw['model_type']!r}, which mambakit cannot load"
+                    f"{path}: config.model_type: expected 'mamba' or 'mamba2' (a transformers "
+                    f"MambaForCausalLM or Mamba2ForCausalLM), got {raw['model_type']!r}, which mambakit "
+                    "cannot load"
                 )
             return MambaConfig.from_hf_dict(raw), "hf"
         if "d_model" in raw or "ssm_cfg" in raw:
@@ -97,7 +104,7 @@ def read_config(directory: str | os.PathLike) -> tuple[MambaConfig, str]:
         raise CheckpointError(f"{path}: {e}") from e
     raise CheckpointError(
         f"{path}: expected a state-spaces config (keys d_model, n_layer, vocab_size, ...) or a "
-        f"Hugging Face one (model_type 'mamba'), got keys {sorted(raw)}"
+        f"Hugging Face one (model_type 'mamba' or 'mamba2'), got keys {sorted(raw)}"
     )
 
 
@@ -178,6 +185,44 @@ def _list(names) -> str:
     return str(names[:12])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > 12 else "]")
 
 
+def _weights_kind(tensors: dict[str, torch.Tensor]) -> tuple[str, str] | None:
+    """Which Mamba block the mixer weights belong to, from names and shapes: ("mamba" | "mamba2", a
+    description of the weight that shows it), or None when they show neither (another mixer, no layers)."""
+    mixer = {name: t for name, t in tensors.items() if ".mixer." in name}
+    for leaf, kind in (("x_proj.weight", "mamba"), ("dt_proj.weight", "mamba"), ("dt_bias", "mamba2")):
+        for name in sorted(mixer):
+            if name.endswith(".mixer." + leaf):
+                return kind, repr(name)
+    for name in sorted(mixer):
+        if name.endswith(".mixer.A_log") and mixer[name].dim() in (1, 2):
+            kind = "mamba2" if mixer[name].dim() == 1 else "mamba"
+            return kind, f"{name!r} of shape {tuple(mixer[name].shape)}"
+    return None
+
+
+def check_mixer_kind(
+    tensors: dict[str, torch.Tensor], config: MambaConfig, source: str, field: str = "config.mixer"
+) -> None:
+    """Raise :class:`CheckpointError` if the weights are Mamba-1 while ``config`` says Mamba-2, or the
+    reverse; ``field`` names the config entry that chose the kind (e.g. "config.model_type")."""
+    if config.mixer not in ("mamba", "mamba2"):
+        return
+    found = _weights_kind(tensors)
+    if found is None or found[0] == config.mixer:
+        return
+    names = {"mamba": "Mamba-1", "mamba2": "Mamba-2"}
+    raise CheckpointError(
+        f"{source}: {field} makes this a {names[config.mixer]} model, but the weights are a "
+        f"{names[found[0]]} checkpoint (e.g. {found[1]}); expected {names[config.mixer]} weights "
+        f"(is {field} wrong?)"
+    )
+
+
+def _kind_field(layout: str) -> str:
+    """The config.json entry that chose Mamba-1 or Mamba-2 in this layout (no ssm_cfg.layer = Mamba1)."""
+    return "config.model_type" if layout == "hf" else "config.ssm_cfg.layer"
+
+
 def state_dict_from_checkpoint(
     tensors: dict[str, torch.Tensor], config: MambaConfig, model: MambaLMHeadModel, source: str
 ) -> dict[str, torch.Tensor]:
@@ -225,8 +270,9 @@ def load_pretrained(path: str | os.PathLike, device=None, dtype=None) -> MambaLM
         raise CheckpointError(
             f"path: expected a checkpoint directory with config.json and weights, got {path!r}"
         )
-    config, _layout = read_config(directory)
+    config, layout = read_config(directory)
     tensors, weights_name = read_weights(directory)
+    check_mixer_kind(tensors, config, str(directory / weights_name), field=_kind_field(layout))
     try:
         model = MambaLMHeadModel(config, device=device, dtype=dtype)
     except MambakitError as e:
@@ -248,7 +294,8 @@ def save_pretrained(model: MambaLMHeadModel, path: str | os.PathLike, format: st
 
     ``format="mambakit"``: the state-spaces layout (official config keys, weight names, padded vocabulary,
     ``lm_head.weight`` stored too, as the official checkpoints do). ``format="hf"``: what transformers'
-    ``MambaForCausalLM.from_pretrained`` reads (vocabulary truncated to ``vocab_size``, tied head omitted).
+    ``MambaForCausalLM.from_pretrained`` reads (vocabulary truncated to ``vocab_size``, tied head omitted);
+    for a Mamba-2 model (``config.mixer == "mamba2"``), what ``Mamba2ForCausalLM.from_pretrained`` reads.
     """
     if format not in FORMATS:
         raise ConfigError(f"format: expected one of {list(FORMATS)}, got {format!r}")

@@ -23,6 +23,7 @@ from torch import nn
 
 from .._checks import check_same_device
 from ..errors import ConfigError, DTypeError, MambakitError, ShapeError
+from ..layers.mamba2 import RMSNormGated
 from ..layers.norm import RMSNorm
 from .config import MambaConfig
 from .mixers import build_mixer
@@ -186,7 +187,8 @@ class MambaLMHeadModel(nn.Module):
 
     def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
         """A zero recurrent state for every layer: a list of per-layer mixer state dicts (for Mamba,
-        conv_state (batch, d_inner, d_conv) and ssm_state (batch, d_inner, d_state))."""
+        conv_state (batch, d_inner, d_conv) and ssm_state (batch, d_inner, d_state); for Mamba-2,
+        conv_state (batch, conv_dim, d_conv) and ssm_state (batch, heads, headdim, d_state))."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
         return [
@@ -241,10 +243,10 @@ class MambaLMHeadModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
     def no_weight_decay_param_names(self) -> set[str]:
-        """Names of parameters the optimiser should not decay: biases, norm weights, the embedding, and
-        parameters marked ``_no_weight_decay`` (A_log and D)."""
+        """Names of parameters the optimiser should not decay: biases, norm weights (Mamba-2's gated norm
+        too), the embedding, and parameters marked ``_no_weight_decay`` (A_log and D; Mamba-2's dt_bias)."""
         names = set()
-        norm_types = (RMSNorm, nn.LayerNorm)
+        norm_types = (RMSNorm, nn.LayerNorm, RMSNormGated)
         for module_name, module in self.named_modules():
             for p_name, p in module.named_parameters(recurse=False):
                 full = f"{module_name}.{p_name}" if module_name else p_name

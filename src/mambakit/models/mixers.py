@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..layers.lru import LRU
 from ..layers.mamba import MambaBlock
+from ..layers.mamba2 import Mamba2Block
 from ..layers.s4 import S4
 from ..layers.s4d import S4D
 
@@ -43,8 +44,28 @@ def _build_mamba(config: MambaConfig, layer_idx: int, device=None, dtype=None) -
     )
 
 
+def _build_mamba2(config: MambaConfig, layer_idx: int, device=None, dtype=None) -> nn.Module:
+    """The Mamba-2 block: shared options from the config's fields, the others from ``mixer_cfg``."""
+    return Mamba2Block(
+        config.d_model,
+        d_state=config.d_state,
+        d_conv=config.d_conv,
+        expand=config.expand,
+        dt_min=config.dt_min,
+        dt_max=config.dt_max,
+        dt_init_floor=config.dt_init_floor,
+        conv_bias=config.conv_bias,
+        bias=config.bias,
+        **config.mamba2_options,
+        layer_idx=layer_idx,
+        device=device,
+        dtype=dtype,
+    )
+
+
 _MIXERS: dict[str, MixerFactory] = {
     "mamba": _build_mamba,
+    "mamba2": _build_mamba2,
     "s4d": S4D.from_config,
     "s4": S4.from_config,
     "lru": LRU.from_config,
