@@ -1,12 +1,13 @@
-"""Figures for the SSM foundations (docs/foundations.md explains each one).
+"""Figures for the docs (docs/foundations.md and docs/ssd.md explain each one).
 
-:func:`write_foundation_figures` writes four PNGs with matplotlib's Agg canvas (no pyplot, no global
+:func:`write_figures` writes the PNGs with matplotlib's Agg canvas (no pyplot, no global
 backend switch; each file is written atomically):
 
 * ``hippo_legs_reconstruction.png`` a signal and its online LegS reconstruction for several N
 * ``s4d_kernels.png``               convolution kernels of S4D-Lin and S4D-Inv
 * ``legs_eigenvalues.png``          eigenvalues of the LegS matrix, its normal part, and of Ā for several Δ
 * ``modes_agree.png``               recurrence, FFT convolution and parallel scan outputs and their gaps
+* ``ssd_duality.png``               the SSD decay mask, C Bᵀ, their product, the chunked blocks (ssd_plot.py)
 """
 
 from __future__ import annotations
@@ -166,11 +167,14 @@ def plot_modes_agree(path: Path, length: int = 4096, N: int = 8) -> Path:
     return _save(fig, path)
 
 
-def write_foundation_figures(out_dir: str | os.PathLike, quick: bool = False) -> list[Path]:
-    """Write the four foundation figures into ``out_dir`` (created if needed); return their paths.
+def write_figures(out_dir: str | os.PathLike, quick: bool = False) -> list[Path]:
+    """Write every figure of the docs into ``out_dir`` (created if needed); return their paths.
 
-    ``quick`` uses tiny sizes (for tests); the figures in docs/ are made with the defaults.
+    The four foundation figures and the SSD (Mamba-2) duality figure. ``quick`` uses tiny sizes (for tests);
+    the figures in docs/ are made with the defaults.
     """
+    from .ssd_plot import write_ssd_figure
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -179,10 +183,12 @@ def write_foundation_figures(out_dir: str | os.PathLike, quick: bool = False) ->
             plot_s4d_kernels(out / "s4d_kernels.png", N=8, length=64),
             plot_legs_eigenvalues(out / "legs_eigenvalues.png", N=8),
             plot_modes_agree(out / "modes_agree.png", length=128, N=4),
+            write_ssd_figure(out / "ssd_duality.png", length=10, chunk=3),
         ]
     return [
         plot_hippo_reconstruction(out / "hippo_legs_reconstruction.png"),
         plot_s4d_kernels(out / "s4d_kernels.png"),
         plot_legs_eigenvalues(out / "legs_eigenvalues.png"),
         plot_modes_agree(out / "modes_agree.png"),
+        write_ssd_figure(out / "ssd_duality.png"),
     ]
