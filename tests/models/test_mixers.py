@@ -16,7 +16,7 @@ def _model(mixer: str, dtype=torch.float64, **cfg) -> MambaLMHeadModel:
 
 
 def test_registered_mixers():
-    assert {"mamba", *SSM_MIXERS} <= set(available_mixers())
+    assert {"mamba", "mamba2", "attention", *SSM_MIXERS} <= set(available_mixers())
 
 
 @pytest.mark.parametrize("mixer", SSM_MIXERS)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..errors import ConfigError
+from ..layers.attention import CausalSelfAttention
 from ..layers.lru import LRU
 from ..layers.mamba import MambaBlock
 from ..layers.mamba2 import Mamba2Block
@@ -69,6 +70,7 @@ _MIXERS: dict[str, MixerFactory] = {
     "s4d": S4D.from_config,
     "s4": S4.from_config,
     "lru": LRU.from_config,
+    "attention": CausalSelfAttention.from_config,
 }
 
 

@@ -1,0 +1,455 @@
+"""The Mamba paper's synthetic experiments, end to end: train two-layer models with different mixers on a
+task, evaluate them exactly, and write a markdown table, a JSON record and a PNG plot.
+
+- ``selective_copying``: Mamba (S6) against S4D (time-invariant) and causal attention (the paper's Table 1
+  pattern).
+- ``induction_heads``: train at one length, evaluate at 2^6 .. 2^20 (the paper's Table 2 / extrapolation
+  figure). Mamba is evaluated chunk by chunk with its recurrent state carried (bounded memory, see
+  :mod:`.chunked`); the other mixers need one full pass, so they are evaluated only up to
+  ``attention_max_len`` / ``s4d_max_len``.
+
+Each experiment has presets (``smoke``: under a minute on a CPU; ``cpu``: sized for 2 CPU cores, see
+docs/experiments.md for its cost; ``paper``: the paper's task sizes, for an accelerator); any field can be
+overridden. Run it with
+``python experiments/run.py NAME [--preset P] [--set field=value ...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.atomic import write_bytes_atomic, write_text_atomic
+from ..errors import ConfigError
+from ..models.config import MambaConfig
+from ..models.lm import MambaLMHeadModel
+from ..models.mixers import available_mixers
+from .chunked import last_position_accuracy
+from .induction_heads import InductionHeads
+from .selective_copying import SelectiveCopying
+from .training import TrainResult, TrainSettings, evaluate, train
+
+MIXER_LABELS = {"mamba": "Mamba (S6)", "s4d": "S4D (time-invariant)", "attention": "Attention (RoPE)"}
+
+
+def build_model(
+    mixer: str, vocab_size: int, d_model: int, n_layer: int, d_state: int, seed: int
+) -> MambaLMHeadModel:
+    """A language model whose every layer uses ``mixer``; initial weights depend only on ``seed``."""
+    config = MambaConfig(
+        d_model=d_model, n_layer=n_layer, vocab_size=vocab_size, d_state=d_state, mixer=mixer
+    )
+    return MambaLMHeadModel(config, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------- settings
+@dataclass
+class SelectiveCopyingSettings:
+    """One selective-copying experiment: the task, the models, the training and the evaluation."""
+
+    seq_len: int = 128
+    num_tokens: int = 4
+    vocab_size: int = 16
+    mixers: tuple[str, ...] = ("mamba", "s4d", "attention")
+    d_model: int = 64
+    n_layer: int = 2
+    d_state: int = 16
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    time_budget_s: float | None = 780.0  # per model
+    eval_samples: int = 1024
+    eval_batch_size: int = 128
+    stop_at_accuracy: float | None = None  # stop a model's training once held-out accuracy reaches this
+    seed: int = 0
+
+
+@dataclass
+class InductionHeadsSettings:
+    """One induction-heads experiment: train at ``train_len``, evaluate at each of ``eval_lengths``."""
+
+    train_len: int = 256
+    vocab_size: int = 16
+    mixers: tuple[str, ...] = ("mamba", "s4d", "attention")
+    d_model: int = 64
+    n_layer: int = 2
+    d_state: int = 16
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    time_budget_s: float | None = 480.0  # per model
+    eval_lengths: tuple[int, ...] = tuple(2**p for p in range(6, 21))
+    eval_samples: int = 16
+    chunk_len: int = 2048  # Mamba: evaluated chunk by chunk with its state carried (bounded memory)
+    attention_max_len: int = 2**13  # other mixers need one full pass: evaluated only up to these lengths
+    s4d_max_len: int = 2**16
+    stop_at_accuracy: float | None = None  # stop a model's training once accuracy at train_len reaches this
+    seed: int = 0
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    "selective_copying": {
+        "smoke": SelectiveCopyingSettings(
+            seq_len=32,
+            num_tokens=2,
+            vocab_size=6,
+            d_model=64,
+            d_state=4,
+            steps=150,
+            lr=3e-3,
+            warmup_steps=0,
+            time_budget_s=18.0,
+            eval_samples=512,
+        ),
+        "cpu": SelectiveCopyingSettings(),
+        "paper": SelectiveCopyingSettings(
+            seq_len=4096,
+            num_tokens=16,
+            vocab_size=16,
+            steps=400_000,
+            batch_size=64,
+            lr=1e-4,
+            time_budget_s=None,
+        ),
+    },
+    "induction_heads": {
+        "smoke": InductionHeadsSettings(
+            train_len=16,
+            vocab_size=6,
+            steps=300,
+            batch_size=32,
+            lr=3e-3,
+            warmup_steps=0,
+            time_budget_s=15.0,
+            eval_lengths=tuple(2**p for p in range(4, 13)),
+            eval_samples=32,
+            chunk_len=1024,
+            attention_max_len=2**10,
+            s4d_max_len=2**12,
+        ),
+        "cpu": InductionHeadsSettings(),
+        "paper": InductionHeadsSettings(
+            steps=204_800,
+            batch_size=8,
+            time_budget_s=None,
+            eval_samples=128,
+            attention_max_len=2**16,
+        ),
+    },
+}
+
+
+def settings_for(name: str, preset: str = "cpu", overrides: dict[str, object] | None = None):
+    """The settings of experiment ``name`` in ``preset``, with ``overrides`` (field -> value) applied."""
+    if name not in PRESETS:
+        raise ConfigError(f"experiment: expected one of {sorted(PRESETS)}, got {name!r}")
+    if preset not in PRESETS[name]:
+        raise ConfigError(f"preset: expected one of {sorted(PRESETS[name])}, got {preset!r}")
+    settings = PRESETS[name][preset]
+    overrides = dict(overrides or {})
+    names = {f.name for f in dataclasses.fields(settings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(
+            f"overrides: unknown field(s) {unknown} for {name}; expected some of {sorted(names)}"
+        )
+    for key in ("mixers", "eval_lengths"):
+        if key in overrides and isinstance(overrides[key], (str, int)):
+            overrides[key] = (overrides[key],)  # one name or length given alone
+        if key in overrides and isinstance(overrides[key], list):
+            overrides[key] = tuple(overrides[key])
+    if "mixers" in overrides:
+        bad = [m for m in overrides["mixers"] if m not in available_mixers()]
+        if bad:
+            raise ConfigError(f"mixers: expected names among {available_mixers()}, got {bad}")
+    return dataclasses.replace(settings, **overrides)
+
+
+# ------------------------------------------------------------------------------------------------- progress
+def _progress_bar(
+    total: int, description: str, enabled: bool
+) -> tuple[Callable[[int, float], None], Callable]:
+    """(update(step, loss), close()) for a tqdm bar, or no-ops when disabled or tqdm is missing."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            enabled = False
+    if not enabled:
+        return (lambda step, loss: None), (lambda: None)
+    bar = tqdm(total=total, desc=description, unit="step", leave=True)
+
+    def update(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    return update, bar.close
+
+
+def _train_one(model, task, s, label: str, progress: bool) -> TrainResult:
+    settings = TrainSettings(
+        steps=s.steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        warmup_steps=min(s.warmup_steps, s.steps - 1),
+        time_budget_s=s.time_budget_s,
+        seed=s.seed,
+        stop_at_accuracy=s.stop_at_accuracy,
+    )
+    update, close = _progress_bar(s.steps, f"train {label}", progress)
+    try:
+        return train(model, task, settings, progress=update)
+    finally:
+        close()
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+def run_selective_copying(s: SelectiveCopyingSettings, progress: bool = True) -> dict:
+    """Train and evaluate every mixer of ``s``; returns the JSON-able record of the run."""
+    task = SelectiveCopying(seq_len=s.seq_len, num_tokens=s.num_tokens, vocab_size=s.vocab_size)
+    eval_gen = torch.Generator().manual_seed(10_000 + s.seed)  # held out: training draws from seed s.seed
+    n_batches = math.ceil(s.eval_samples / s.eval_batch_size)
+    eval_batches = [task.sample(s.eval_batch_size, eval_gen) for _ in range(n_batches)]
+    rows = []
+    for mixer in s.mixers:
+        model = build_model(mixer, task.vocab_size, s.d_model, s.n_layer, s.d_state, s.seed)
+        result = _train_one(model, task, s, mixer, progress)
+        accuracy = evaluate(model, eval_batches)
+        rows.append(
+            {
+                "mixer": mixer,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "steps": result.steps,
+                "train_seconds": round(result.seconds, 1),
+                "accuracy": accuracy,
+                "losses": result.losses,
+            }
+        )
+    return {"experiment": "selective_copying", "settings": dataclasses.asdict(s), "rows": rows}
+
+
+def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dict:
+    """Train every mixer of ``s`` at ``train_len`` and evaluate it at each of ``eval_lengths``."""
+    task = InductionHeads(seq_len=s.train_len, vocab_size=s.vocab_size)
+    rows = []
+    for mixer in s.mixers:
+        model = build_model(mixer, task.vocab_size, s.d_model, s.n_layer, s.d_state, s.seed)
+        result = _train_one(model, task, s, mixer, progress)
+        by_length: dict[int, float | None] = {}
+        seconds: dict[int, float] = {}
+        limit = {"mamba": None, "attention": s.attention_max_len}.get(mixer, s.s4d_max_len)
+        for L in s.eval_lengths:
+            if limit is not None and L > limit:
+                by_length[L] = None  # not evaluated: one full pass at this length would not fit
+                continue
+            batch = task.sample(s.eval_samples, generator=20_000 + s.seed + L, seq_len=L)
+            start = time.perf_counter()
+            by_length[L] = last_position_accuracy(model, batch, chunk_len=s.chunk_len)
+            seconds[L] = round(time.perf_counter() - start, 1)
+            if progress:
+                print(f"  {mixer} L={L}: accuracy {by_length[L]:.3f} ({seconds[L]} s)", flush=True)
+        rows.append(
+            {
+                "mixer": mixer,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "steps": result.steps,
+                "train_seconds": round(result.seconds, 1),
+                "accuracy_by_length": {str(k): v for k, v in by_length.items()},
+                "eval_seconds_by_length": {str(k): v for k, v in seconds.items()},
+                "losses": result.losses,
+            }
+        )
+    return {"experiment": "induction_heads", "settings": dataclasses.asdict(s), "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------------- reports
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def selective_copying_table(record: dict) -> str:
+    """The markdown results table of a selective-copying record."""
+    s = record["settings"]
+    lines = [
+        f"Selective copying: L = {s['seq_len']}, {s['num_tokens']} tokens to copy,"
+        f" vocabulary {s['vocab_size']}; {s['n_layer']} layers, d_model = {s['d_model']},"
+        f" d_state = {s['d_state']}; batch {s['batch_size']},"
+        f" lr {s['lr']}, seed {s['seed']}; accuracy on {s['eval_samples']} held-out sequences.",
+        "",
+        "| model | parameters | steps | train time (s) | accuracy (%) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| {MIXER_LABELS.get(r['mixer'], r['mixer'])} | {r['parameters']:,} | {r['steps']} |"
+            f" {r['train_seconds']} | {_pct(r['accuracy'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def induction_heads_table(record: dict) -> str:
+    """The markdown results table (accuracy % by evaluation length) of an induction-heads record."""
+    s = record["settings"]
+    lengths = [int(L) for L in s["eval_lengths"]]
+    header = "| model | steps | " + " | ".join(_length_label(L) for L in lengths) + " |"
+    lines = [
+        f"Induction heads: trained at L = {s['train_len']}, vocabulary {s['vocab_size']};"
+        f" {s['n_layer']} layers,"
+        f" d_model = {s['d_model']}, d_state = {s['d_state']}; batch {s['batch_size']}, lr {s['lr']}, seed"
+        f" {s['seed']}; accuracy (%) on {s['eval_samples']} sequences per length; — = not evaluated.",
+        "",
+        header,
+        "|---|---:|" + "---:|" * len(lengths),
+    ]
+    for r in record["rows"]:
+        accs = [r["accuracy_by_length"].get(str(L)) for L in lengths]
+        lines.append(
+            f"| {MIXER_LABELS.get(r['mixer'], r['mixer'])} | {r['steps']} | "
+            + " | ".join(_pct(a) for a in accs)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _length_label(L: int) -> str:
+    p = int(math.log2(L))
+    return f"2^{p}" if 2**p == L else str(L)
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # matplotlib is in the "train" extra
+        raise ConfigError("plots: matplotlib is needed (pip install 'mambakit[train]')") from exc
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _smoothed(values: list[float], window: int = 20) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def selective_copying_plot(record: dict) -> bytes:
+    """PNG: accuracy per model (bars) and training loss curves."""
+    fig = _figure(9, 3.4)
+    bars, curves = fig.subplots(1, 2)
+    labels = [MIXER_LABELS.get(r["mixer"], r["mixer"]) for r in record["rows"]]
+    values = [100 * r["accuracy"] for r in record["rows"]]
+    bars.bar(range(len(values)), values, color=["C0", "C1", "C2", "C3"][: len(values)])
+    bars.set_xticks(range(len(values)), labels, fontsize=8)
+    bars.set_ylim(0, 112)  # room for the value labels above full bars
+    bars.set_yticks(range(0, 101, 20))
+    bars.set_ylabel("accuracy (%)")
+    for i, v in enumerate(values):
+        bars.text(i, v + 1, f"{v:.1f}", ha="center", fontsize=8)
+    bars.set_title(f"Selective copying, L = {record['settings']['seq_len']}")
+    for r, label in zip(record["rows"], labels, strict=True):
+        curves.plot(_smoothed(r["losses"]), label=label)
+    curves.set_xlabel("step")
+    curves.set_ylabel("training loss (smoothed)")
+    curves.set_yscale("log")
+    curves.legend(fontsize=8)
+    return _png(fig)
+
+
+def induction_heads_plot(record: dict) -> bytes:
+    """PNG: accuracy against evaluation length (log x-axis), one line per model, training length marked."""
+    fig = _figure(6.5, 3.6)
+    ax = fig.subplots()
+    for r in record["rows"]:
+        points = [(int(L), 100 * a) for L, a in r["accuracy_by_length"].items() if a is not None]
+        ax.plot(*zip(*points, strict=True), marker="o", label=MIXER_LABELS.get(r["mixer"], r["mixer"]))
+    ax.axvline(
+        record["settings"]["train_len"], color="gray", linestyle="--", linewidth=1, label="train length"
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("test sequence length")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Induction heads: extrapolation")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+RUNNERS = {
+    "selective_copying": (run_selective_copying, selective_copying_table, selective_copying_plot),
+    "induction_heads": (run_induction_heads, induction_heads_table, induction_heads_plot),
+}
+
+
+def run_experiment(
+    name: str,
+    out_dir: str | Path,
+    preset: str = "cpu",
+    overrides: dict[str, object] | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Run experiment ``name`` and write ``results.md``, ``results.json`` and ``<name>.png`` into ``out_dir``;
+    returns the path of ``results.md``."""
+    settings = settings_for(name, preset, overrides)
+    runner, table, plot = RUNNERS[name]
+    start = time.perf_counter()
+    record = runner(settings, progress=progress)
+    record.update(
+        {
+            "preset": preset,
+            "overrides": overrides or {},
+            "command": command,
+            "total_seconds": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = [f"# {name} ({preset})", ""]
+    if command:
+        markdown += ["Command:", "", f"    {command}", ""]
+    markdown += [
+        table(record),
+        "",
+        f"Total time {record['total_seconds']} s on {record['threads']} threads (torch {record['torch']}).",
+        "",
+        f"![{name}]({name}.png)",
+        "",
+    ]
+    write_bytes_atomic(out / f"{name}.png", plot(record))
+    write_text_atomic(out / "results.json", json.dumps(record, indent=1) + "\n")
+    write_text_atomic(out / "results.md", "\n".join(markdown))
+    return out / "results.md"
+
+
+__all__ = [
+    "PRESETS",
+    "InductionHeadsSettings",
+    "SelectiveCopyingSettings",
+    "build_model",
+    "run_experiment",
+    "settings_for",
+]

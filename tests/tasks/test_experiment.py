@@ -1,0 +1,75 @@
+"""The experiment runner end to end at toy size: files written, table rows, settings overrides, bad names."""
+
+import json
+
+import pytest
+
+from mambakit.errors import ConfigError
+from mambakit.tasks.experiment import PRESETS, run_experiment, settings_for
+
+
+def test_selective_copying_writes_table_json_and_plot(tmp_path):
+    overrides = {
+        "steps": 2,
+        "batch_size": 2,
+        "seq_len": 12,
+        "num_tokens": 2,
+        "eval_samples": 4,
+        "d_model": 16,
+    }
+    path = run_experiment("selective_copying", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert [r["mixer"] for r in record["rows"]] == ["mamba", "s4d", "attention"]
+    assert all(r["steps"] == 2 and 0.0 <= r["accuracy"] <= 1.0 for r in record["rows"])
+    text = path.read_text()
+    assert "| Mamba (S6) |" in text and "L = 12" in text
+    assert (tmp_path / "selective_copying.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_induction_heads_marks_lengths_not_evaluated(tmp_path):
+    overrides = {
+        "steps": 2,
+        "batch_size": 2,
+        "train_len": 8,
+        "eval_lengths": [8, 16, 32],
+        "eval_samples": 3,
+        "attention_max_len": 16,
+        "s4d_max_len": 8,
+        "d_model": 16,
+        "mixers": ["mamba", "attention", "s4d"],
+    }
+    run_experiment("induction_heads", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    rows = {
+        r["mixer"]: r["accuracy_by_length"]
+        for r in json.loads((tmp_path / "results.json").read_text())["rows"]
+    }
+    assert all(v is not None for v in rows["mamba"].values())
+    assert rows["attention"]["32"] is None and rows["attention"]["16"] is not None
+    assert rows["s4d"]["16"] is None and rows["s4d"]["8"] is not None
+    assert "—" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "induction_heads.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (("copying", "cpu", None), "experiment"),
+        (("induction_heads", "huge", None), "preset"),
+        (("induction_heads", "cpu", {"nonsense": 1}), "overrides"),
+        (("induction_heads", "cpu", {"mixers": ["mamba", "rnn"]}), "mixers"),
+    ],
+)
+def test_bad_names_are_config_errors(args, name):
+    with pytest.raises(ConfigError, match=name):
+        settings_for(*args)
+
+
+def test_single_values_become_tuples():
+    settings = settings_for("induction_heads", "smoke", {"mixers": "mamba", "eval_lengths": 64})
+    assert settings.mixers == ("mamba",) and settings.eval_lengths == (64,)
+
+
+def test_every_preset_builds_valid_settings():
+    for name, presets in PRESETS.items():
+        for preset in presets:
+            assert settings_for(name, preset).seed == 0
