@@ -7,6 +7,7 @@ sequences one by one.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -244,7 +245,8 @@ def test_matches_transformers_torch_path():
 
 @pytest.mark.parametrize("native_bf16_matmuls", [False, True])
 def test_bfloat16_chunked_stays_in_bfloat16_and_close(native_bf16_matmuls, monkeypatch):
-    import mambakit.ops.ssd as ssd_module
+    # The module, not the function `ssd` that mambakit.ops re-exports under the same name.
+    ssd_module = importlib.import_module("mambakit.ops.ssd")
 
     # Both paths on any machine: bf16 matmuls (fast CPUs, GPUs) and the float32 fallback.
     monkeypatch.setattr(ssd_module, "_cpu_has_fast_bf16_matmul", lambda: native_bf16_matmuls)
