@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .errors import ConfigError
 from .ssm.discretize import discretize_diag
 from .ssm.hippo import hippo_basis, hippo_matrices, hippo_online, legs_nplr, smooth_signal
@@ -38,19 +38,9 @@ def _new_figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> Path:
-    """Write the PNG next to its destination, flush it to disk, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a figure is meant to be read by all
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the PNG atomically (see :mod:`mambakit.atomic`)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

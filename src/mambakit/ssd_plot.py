@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .ops.ssd import segment_sum, ssd_quadratic, ssd_ref
 
 
@@ -110,10 +111,7 @@ def write_ssd_figure(out_path: str | os.PathLike, length: int = 24, chunk: int =
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name("." + out_path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out_path)
     return out_path

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
+from ..atomic import write_bytes_atomic, write_json_atomic
 from ..errors import CheckpointError, ConfigError, MambakitError
 from .config import MambaConfig
 from .lm import MambaLMHeadModel
@@ -46,35 +46,6 @@ FORMATS = ("mambakit", "hf")
 _HF_EMBEDDING = "backbone.embeddings.weight"
 _EMBEDDING = "backbone.embedding.weight"
 _HEAD = "lm_head.weight"
-
-
-# ---------------------------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; not every platform lets a directory be opened
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write_json(path: str | os.PathLike, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -319,5 +290,5 @@ def save_pretrained(model: MambaLMHeadModel, path: str | os.PathLike, format: st
         if config.tie_embeddings:  # safetensors stores no shared storage; the official layout has both names
             tensors[_HEAD] = tensors[_HEAD].clone()
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(directory / SAFETENSORS_NAME, safetensors_save(tensors, metadata={"format": "pt"}))
-    atomic_write_json(directory / CONFIG_NAME, config_dict)
+    write_bytes_atomic(directory / SAFETENSORS_NAME, safetensors_save(tensors, metadata={"format": "pt"}))
+    write_json_atomic(directory / CONFIG_NAME, config_dict)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.atomic import write_bytes_atomic, write_text_atomic
+from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import ConfigError
 from ..models.config import MambaConfig
 from ..models.lm import MambaLMHeadModel
