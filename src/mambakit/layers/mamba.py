@@ -22,7 +22,7 @@ from torch import nn
 
 from .._checks import check_shape, check_tensor
 from ..errors import ConfigError, ShapeError
-from ..ops import causal_conv1d_ref, causal_conv1d_update, selective_scan, selective_state_update
+from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
 
 class MambaBlock(nn.Module):
@@ -183,7 +183,7 @@ class MambaBlock(nn.Module):
         x, z = xz.chunk(2, dim=1)
         if state is not None:  # keep the last d_conv inputs, zero-padded on the left for short prompts
             state["conv_state"].copy_(F.pad(x, (self.d_conv - L, 0)))
-        x = causal_conv1d_ref(x, *self._conv_params(x.dtype), activation="silu")
+        x = causal_conv1d(x, *self._conv_params(x.dtype), activation="silu")
         dt, B, C = self._ssm_params(self.x_proj(x.transpose(1, 2)))  # (batch, L, ·)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L), bias added in scan
         A = -torch.exp(self._upcast(self.A_log))

@@ -22,7 +22,7 @@ from torch import nn
 
 from .._checks import check_shape, check_tensor
 from ..errors import ConfigError, ShapeError
-from ..ops.conv1d import causal_conv1d_ref, causal_conv1d_update
+from ..ops.conv1d import causal_conv1d, causal_conv1d_update
 from ..ops.ssd import ssd, ssd_state_update
 
 
@@ -230,7 +230,7 @@ class Mamba2Block(nn.Module):
         if state is not None:                                # the last d_conv inputs, zeros before the start
             state["conv_state"].copy_(F.pad(xBC_seq, (self.d_conv - length, 0)) if length < self.d_conv
                                       else xBC_seq[..., length - self.d_conv:])
-        xBC = causal_conv1d_ref(xBC_seq, self._conv_weight(), self.conv1d.bias, "silu").transpose(1, 2)
+        xBC = causal_conv1d(xBC_seq, self._conv_weight(), self.conv1d.bias, "silu").transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         result = ssd(
             x.unflatten(-1, (self.nheads, self.headdim)), dt, self._A(),

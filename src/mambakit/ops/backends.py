@@ -1,10 +1,26 @@
 """Registry of selective-scan implementations behind :func:`mambakit.ops.selective_scan`.
 
 Every backend takes the arguments of ``selective_scan_ref`` positionally and returns the same results.
+Backends are imported on first use, so ``import mambakit`` does not pay for numba or Triton.
+
+Which backends take what:
+
+============  ==========  ===========  =============================================
+name          device      complex A    notes
+============  ==========  ===========  =============================================
+``ref``       any         yes          the readable loop; slow
+``chunked``   any         no           pure torch, chunked parallel scan
+``cpu``       CPU         no           fused numba kernels (forward and backward)
+``triton``    CUDA        no           fused Triton kernels; needs ``triton``
+============  ==========  ===========  =============================================
+
+A backend that cannot take complex A hands such calls to ``ref`` (correct, never a silent wrong answer).
+``"auto"`` picks ``cpu`` on the CPU, ``triton`` on CUDA where Triton imports, ``chunked`` elsewhere.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
@@ -12,7 +28,14 @@ import torch
 from ..errors import ConfigError
 from .selective_scan import selective_scan_ref
 
-_BACKENDS: dict[str, Callable] = {"ref": selective_scan_ref}
+# name -> (module, function); resolved lazily.
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "ref": ("mambakit.ops.selective_scan", "selective_scan_ref"),
+    "chunked": ("mambakit.ops.scan_chunked", "selective_scan_chunked"),
+    "cpu": ("mambakit.ops.scan_cpu", "selective_scan_cpu"),
+    "triton": ("mambakit.ops.scan_triton", "selective_scan_triton"),
+}
+_COMPLEX_CAPABLE = {"ref"}
 
 
 def available_backends() -> list[str]:
@@ -20,10 +43,44 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+def _load(name: str) -> Callable:
+    module, function = _BACKENDS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def triton_available() -> bool:
+    """Whether the ``triton`` backend can run here (Triton installed and importable)."""
+    try:
+        importlib.import_module("triton")
+    except Exception:  # noqa: BLE001 - any failure to import means "not available"
+        return False
+    return True
+
+
+def auto_backend(u: torch.Tensor, A: torch.Tensor) -> str:
+    """The backend ``"auto"`` picks for inputs like ``u`` (batch, dim, L) and ``A`` (dim, N)."""
+    if A.is_complex():
+        return "ref"
+    if u.device.type == "cpu":
+        return "cpu"
+    if u.device.type == "cuda" and triton_available():
+        return "triton"
+    return "chunked"
+
+
 def resolve_backend(backend: str, u: torch.Tensor, A: torch.Tensor) -> Callable:
-    """The implementation to run for ``backend`` on inputs like ``u`` and ``A``."""
-    if backend == "auto":
-        return selective_scan_ref
-    if backend not in _BACKENDS:
+    """The implementation to run for ``backend`` on inputs like ``u`` and ``A``.
+
+    Raises:
+        ConfigError: ``backend`` is not ``"auto"`` or a registered name.
+    """
+    if not isinstance(backend, str) or (backend != "auto" and backend not in _BACKENDS):
         raise ConfigError(f"backend: expected 'auto' or one of {available_backends()}, got {backend!r}")
-    return _BACKENDS[backend]
+    if not (isinstance(u, torch.Tensor) and isinstance(A, torch.Tensor)):
+        return selective_scan_ref  # its argument checks name the bad argument
+    name = auto_backend(u, A) if backend == "auto" else backend
+    if A.is_complex() and name not in _COMPLEX_CAPABLE:
+        name = "ref"
+    if name == "ref":
+        return selective_scan_ref
+    return _load(name)

@@ -87,3 +87,29 @@ def causal_conv1d_update(
         out = out + bias
     out = out.to(x.dtype)
     return F.silu(out) if activation is not None else out
+
+
+_CONV_BACKENDS = ("auto", "ref", "cpu")
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Causal depthwise convolution, choosing its implementation; same results as :func:`causal_conv1d_ref`.
+
+    ``backend``: ``"auto"`` (the fused numba kernel for CPU tensors, else the reference), ``"cpu"`` or
+    ``"ref"``.
+    """
+    if backend not in _CONV_BACKENDS:
+        raise ConfigError(f"backend: expected one of {list(_CONV_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        backend = "cpu" if isinstance(x, torch.Tensor) and x.device.type == "cpu" else "ref"
+    if backend == "cpu":
+        from .conv1d_cpu import causal_conv1d_cpu  # numba loads only when the fused kernel is used
+
+        return causal_conv1d_cpu(x, weight, bias, activation)
+    return causal_conv1d_ref(x, weight, bias, activation)

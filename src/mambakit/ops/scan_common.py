@@ -1,0 +1,65 @@
+"""What every fast selective-scan backend does around its core recurrence, in plain differentiable torch.
+
+The core of a backend computes, for real A, ``y_t = <C_t, h_t>`` with
+``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``.
+Before it: the bias and softplus on delta; after it: the skip term ``D·u`` and the ``SiLU(z)`` gate. These are
+O(1) per (batch, channel, step), memory-bound, and autograd differentiates them, so they are shared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DeviceError, DTypeError
+from .selective_scan import _compute_dtype, check_scan_args
+
+# core(u, dt, A, B, C) -> (y, last_state); u, dt (batch, dim, L) in the compute dtype, B and C as given.
+ScanCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                    tuple[torch.Tensor, torch.Tensor]]
+
+
+def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
+                  return_last_state: bool, device_type: str | None = None):
+    """Check the arguments, apply the prologue, run ``core``, apply the epilogue; see ``selective_scan_ref``.
+
+    ``device_type``: the one device type the backend runs on (None: any).
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    if A.is_complex():
+        raise DTypeError(f"A: the {backend!r} backend needs a real A, got {A.dtype}; "
+                         f"use backend='auto' or 'ref' for complex A")
+    if device_type is not None and u.device.type != device_type:
+        raise DeviceError(f"u: the {backend!r} backend runs on {device_type}, got tensors on {u.device}")
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    uf = u.to(dtype)
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    y, last = core(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype))
+    if D is not None:
+        y = y + uf * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    out = y.to(u.dtype)
+    return (out, last) if return_last_state else out
+
+
+def kernel_layout(X: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """B or C as one contiguous (batch or 1, groups, L or 1, N) tensor for a fused kernel, plus
+    (batch_select, time_select, channels_per_group): (b, d, t) reads row b·batch_select, group
+    d // channels_per_group, step t·time_select.
+
+    (dim, N) -> (1, dim, 1, N); (batch, N, L) -> (batch, 1, L, N); (batch, G, N, L) -> (batch, G, L, N).
+    Differentiable: autograd maps the kernel's gradient back to the caller's layout.
+    """
+    if X.dim() == 2:
+        return X.reshape(1, dim, 1, X.shape[1]).contiguous(), (0, 0, 1)
+    if X.dim() == 3:
+        X = X.unsqueeze(1)
+    groups = X.shape[1]
+    return X.transpose(2, 3).contiguous(), (1, 1, dim // groups)
