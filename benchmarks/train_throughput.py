@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mambakit.layers import MambaBlock
 from mambakit.models import MambaConfig, MambaLMHeadModel
 
 
@@ -68,6 +69,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--scan-backends", default="auto,ref",
+                   help="comma-separated selective-scan backends to time mambakit with (default: auto,ref)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,17 +79,27 @@ def main() -> None:
                          vocab_size=args.vocab_size)
     torch.manual_seed(0)
     batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
-    ours = tokens_per_second(MambaLMHeadModel(config).to(device), batch, args.steps, args.warmup, hf=False)
+    results = {}
+    for backend in args.scan_backends.split(","):
+        model = MambaLMHeadModel(config).to(device)
+        for block in model.modules():
+            if isinstance(block, MambaBlock):
+                block.scan_backend = backend
+        results[backend] = tokens_per_second(model, batch, args.steps, args.warmup, hf=False)
     print(f"config: d_model={args.d_model} n_layer={args.n_layer} d_state={args.d_state} "
           f"vocab={args.vocab_size}, batch {args.batch_size} x {args.seq_len}, device {device}, "
           f"{torch.get_num_threads()} threads")
     print("| implementation | train tokens/s |")
     print("|---|---|")
-    print(f"| mambakit | {ours:,.0f} |")
+    for backend, rate in results.items():
+        print(f"| mambakit, scan backend {backend!r} | {rate:,.0f} |")
+    ours = next(iter(results.values()))
+    if "ref" in results and len(results) > 1:
+        print(f"ratio mambakit {next(iter(results))!r} / 'ref' scan: {ours / results['ref']:.2f}x")
     if not args.skip_hf:
         theirs = tokens_per_second(hf_model(config, device), batch, args.steps, args.warmup, hf=True)
         print(f"| transformers MambaForCausalLM | {theirs:,.0f} |")
-        print(f"ratio mambakit / transformers: {ours / theirs:.2f}x")
+        print(f"ratio mambakit {next(iter(results))!r} / transformers: {ours / theirs:.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .cpu_threads import run_blocks, split_pairs
-from .scan_common import kernel_layout, run_real_scan
+from .scan_common import kernel_core, run_real_scan
 
 CHUNK = 64  # steps between saved states; the backward pass keeps CHUNK × N states per thread
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no 'nnan'/'ninf': infinities and NaN must survive
@@ -263,15 +263,7 @@ class _FusedScan(torch.autograd.Function):
         return du, ddt, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0), None, None
 
 
-def _fused_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
-    """(y, last_state) of the bare recurrence through the fused kernels."""
-    batch, dim, L = u.shape
-    if L == 0:  # nothing to scan; the sums keep A, B and C in the graph so their gradients are zeros
-        y = u.new_zeros(batch, dim, 0) + 0 * (A.sum() + B.sum() + C.sum())
-        return y, u.new_zeros(batch, dim, A.shape[1])
-    Bk, b_index = kernel_layout(B, dim)
-    Ck, c_index = kernel_layout(C, dim)
-    return _FusedScan.apply(u.contiguous(), dt.contiguous(), A.contiguous(), Bk, Ck, b_index, c_index)
+_fused_core = kernel_core(_FusedScan)
 
 
 def selective_scan_cpu(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .scan_common import kernel_layout, run_real_scan
+from .scan_common import kernel_core, run_real_scan
 
 try:
     import triton
@@ -158,14 +158,7 @@ class _TritonScan(torch.autograd.Function):
         return du, ddt, dA, dB, dC, None, None
 
 
-def _triton_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
-    batch, dim, L = u.shape
-    if L == 0:  # nothing to scan; the sums keep A, B and C in the graph so their gradients are zeros
-        y = u.new_zeros(batch, dim, 0) + 0 * (A.sum() + B.sum() + C.sum())
-        return y, u.new_zeros(batch, dim, A.shape[1])
-    Bk, b_index = kernel_layout(B, dim)
-    Ck, c_index = kernel_layout(C, dim)
-    return _TritonScan.apply(u.contiguous(), dt.contiguous(), A.contiguous(), Bk, Ck, b_index, c_index)
+_triton_core = kernel_core(_TritonScan)
 
 
 def selective_scan_triton(
