@@ -27,3 +27,19 @@ class ConfigError(MambakitError, ValueError):
 
 class CheckpointError(MambakitError, ValueError):
     """A checkpoint is missing, truncated, foreign, or its weights do not match the model."""
+
+
+class TokenIdError(MambakitError, ValueError):
+    """A token id is outside [0, vocab_size)."""
+
+
+class DataError(MambakitError, ValueError):
+    """Training data is missing, empty, unreadable, or too small."""
+
+
+class CorpusError(MambakitError, ValueError):
+    """The embedded corpus cannot be found or read."""
+
+
+class TokenizerError(MambakitError, ValueError):
+    """A tokenizer file is missing, unreadable or of an unknown kind."""

@@ -20,14 +20,11 @@ import importlib.util
 import re
 from pathlib import Path
 
-from ..errors import MambakitError
+from ..errors import CorpusError
 
 #: Plays held out for validation (about 8% of the corpus), chosen across genres; fixed, never random.
 VALIDATION_PLAYS: tuple[str, ...] = ("julius-caesar", "the-tempest", "twelfth-night")
 
-
-class CorpusError(MambakitError, ValueError):
-    """The embedded corpus cannot be found or read."""
 
 
 def _plays_directory() -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_bytes_atomic
-from ..errors import MambakitError
+from ..errors import DataError
 from .corpus import shakespeare_split
 from .tokenizers import ByteTokenizer, Tokenizer
 
@@ -25,9 +25,6 @@ EMBEDDED = "shakespeare"
 
 _BIN_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
 
-
-class DataError(MambakitError, ValueError):
-    """Training data is missing, empty, unreadable, or too small."""
 
 
 @dataclass

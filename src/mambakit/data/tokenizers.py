@@ -15,14 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..atomic import write_text_atomic
-from ..errors import ConfigError, MambakitError
+from ..errors import ConfigError, TokenizerError
 
 TOKENIZER_JSON = "tokenizer.json"
 BYTE_CONFIG_JSON = "tokenizer_config.json"
 
-
-class TokenizerError(MambakitError, ValueError):
-    """A tokenizer file is missing, unreadable or of an unknown kind."""
 
 
 class ByteTokenizer:

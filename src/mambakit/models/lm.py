@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._checks import check_same_device
-from ..errors import ConfigError, DTypeError, MambakitError, ShapeError
+from ..errors import ConfigError, DTypeError, ShapeError, TokenIdError
 from ..layers.mamba2 import RMSNormGated
 from ..layers.norm import RMSNorm
 from .config import MambaConfig
@@ -30,9 +30,6 @@ from .mixers import build_mixer
 
 InferenceCache = list  # one mixer state dict per layer, made by MambaLMHeadModel.allocate_inference_cache
 
-
-class TokenIdError(MambakitError, ValueError):
-    """A token id is outside [0, vocab_size)."""
 
 
 def check_input_ids(
