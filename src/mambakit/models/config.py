@@ -251,60 +251,36 @@ class MambaConfig:
     def to_state_spaces_dict(self) -> dict[str, Any]:
         """The official ``config.json`` form (loadable by ``mamba_ssm``'s MambaConfig when mixer is "mamba"
         or "mamba2" and norm_epsilon is the default)."""
-        if self.mixer == "mamba2":
-            return self._to_state_spaces_mamba2_dict()
         ssm_cfg: dict[str, Any] = {
             "d_state": self.d_state,
             "d_conv": self.d_conv,
             "expand": self.expand,
-            "dt_rank": self.dt_rank,
             "dt_min": self.dt_min,
             "dt_max": self.dt_max,
             "dt_init_floor": self.dt_init_floor,
             "conv_bias": self.conv_bias,
             "bias": self.bias,
-        }
-        if self.mixer == "mamba":
-            ssm_cfg["layer"] = "Mamba1"
-        out: dict[str, Any] = {
-            "d_model": self.d_model,
-            "d_intermediate": 0,
-            "n_layer": self.n_layer,
-            "vocab_size": self.vocab_size,
-            "ssm_cfg": ssm_cfg,
-            "attn_layer_idx": [],
-            "attn_cfg": {},
-            "rms_norm": self.rms_norm,
-            "residual_in_fp32": self.residual_in_fp32,
-            "fused_add_norm": True,
-            "pad_vocab_size_multiple": self.pad_vocab_size_multiple,
-            "tie_embeddings": self.tie_embeddings,
         }
         # Keys the official code does not know are written only when they differ from its behaviour.
-        if self.mixer != "mamba":
-            out["mixer"] = self.mixer
-        if self.mixer_cfg:
-            out["mixer_cfg"] = dict(self.mixer_cfg)
+        extra: dict[str, Any] = {}
+        if self.mixer == "mamba2":
+            options = self.mamba2_options
+            norm_eps = options.pop("norm_eps")  # mamba_ssm hard-codes 1e-5: any other value is a mambakit key
+            ssm_cfg.update({k: list(v) if k in _MAMBA2_PAIRS else v for k, v in options.items()})
+            ssm_cfg["layer"] = "Mamba2"
+            if norm_eps != MAMBA2_DEFAULTS["norm_eps"]:
+                extra["mixer_cfg"] = {"norm_eps": norm_eps}
+        else:
+            ssm_cfg["dt_rank"] = self.dt_rank
+            if self.mixer == "mamba":
+                ssm_cfg["layer"] = "Mamba1"
+            else:
+                extra["mixer"] = self.mixer
+                if self.mixer_cfg:
+                    extra["mixer_cfg"] = dict(self.mixer_cfg)
         if self.norm_epsilon != 1e-5:
-            out["norm_epsilon"] = self.norm_epsilon
-        return out
-
-    def _to_state_spaces_mamba2_dict(self) -> dict[str, Any]:
-        options = self.mamba2_options
-        norm_eps = options.pop("norm_eps")  # mamba_ssm hard-codes 1e-5: any other value is a mambakit key
-        ssm_cfg: dict[str, Any] = {
-            "layer": "Mamba2",
-            "d_state": self.d_state,
-            "d_conv": self.d_conv,
-            "expand": self.expand,
-            "dt_min": self.dt_min,
-            "dt_max": self.dt_max,
-            "dt_init_floor": self.dt_init_floor,
-            "conv_bias": self.conv_bias,
-            "bias": self.bias,
-            **{k: list(v) if k in _MAMBA2_PAIRS else v for k, v in options.items()},
-        }
-        out: dict[str, Any] = {
+            extra["norm_epsilon"] = self.norm_epsilon
+        return {
             "d_model": self.d_model,
             "d_intermediate": 0,
             "n_layer": self.n_layer,
@@ -317,12 +293,8 @@ class MambaConfig:
             "fused_add_norm": True,
             "pad_vocab_size_multiple": self.pad_vocab_size_multiple,
             "tie_embeddings": self.tie_embeddings,
+            **extra,
         }
-        if norm_eps != MAMBA2_DEFAULTS["norm_eps"]:
-            out["mixer_cfg"] = {"norm_eps": norm_eps}
-        if self.norm_epsilon != 1e-5:
-            out["norm_epsilon"] = self.norm_epsilon
-        return out
 
     @classmethod
     def from_state_spaces_dict(cls, d: dict[str, Any]) -> MambaConfig:
