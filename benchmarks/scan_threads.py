@@ -1,10 +1,19 @@
 """Where the fused CPU scan's time goes, and how it scales from one thread to two.
 
-Prints, for one shape, the median time of: the whole ``selective_scan(backend="cpu")`` forward; its fused
-core (layout + kernel, no softplus / D / gate); the bare numba kernel over all channels on one thread and cut
-into two halves on two Python threads; and torch's softplus on the same (b, d, L) tensor.
+Prints, for one shape, the median (and min) time on one and on two threads of the following, taking turns
+in every repeat so that a busy machine slows them alike:
 
-    python benchmarks/scan_threads.py                       # (1, 1536, 2048, 16)
+- the whole ``selective_scan(backend="cpu")`` forward, and forward+backward (bias, softplus, D·u and the
+  SiLU(z) gate all inside the numba kernels);
+- the same scan with the kernels running only the recurrence and torch doing the prologue (bias, softplus)
+  and the epilogue (D·u, gate) around them (``scan_common.run_real_scan``, how the ``chunked`` and
+  ``triton`` backends work): what fusing those passes saves;
+- the recurrence alone through the autograd Function (no options);
+- the bare forward kernel, recurrence only, over all channels on one thread and cut into two halves on two
+  Python threads (no torch, no thread pool);
+- torch's softplus on the same (b, d, L) tensor, for scale.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/scan_threads.py          # (1, 1536, 2048, 16)
     python benchmarks/scan_threads.py --shape 4,1536,1024,16 --repeats 7
 """
 
@@ -20,18 +29,30 @@ import torch
 import torch.nn.functional as F
 
 from mambakit.ops import selective_scan
-from mambakit.ops.scan_common import kernel_layout
-from mambakit.ops.scan_cpu import CHUNK, _fused_core, _scan_forward_kernel
+from mambakit.ops.scan_common import kernel_layout, run_real_scan
+from mambakit.ops.scan_cpu import CHUNK, _FusedScan, _scan_forward_kernel
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (and numba compilation)
-    times = []
+def interleaved_ms(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """name -> (median, min) milliseconds of each function, the functions taking turns in every repeat so
+    that a busy machine slows them alike."""
+    for fn in fns.values():
+        fn()  # warm-up (and numba compilation)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t) * 1e3, min(t) * 1e3) for name, t in times.items()}
+
+
+def recurrence_only(u, dt, A, B, C):
+    """The fused kernels with no bias, softplus, D or gate: (y, last) = the bare recurrence."""
+    dim = u.shape[1]
+    Bk, b_index = kernel_layout(B, dim)
+    Ck, c_index = kernel_layout(C, dim)
+    return _FusedScan.apply(u, dt, A, Bk, Ck, None, None, None, False, b_index, c_index)
 
 
 def main() -> None:
@@ -47,17 +68,21 @@ def main() -> None:
     B, C = torch.randn(b, N, L, generator=g), torch.randn(b, N, L, generator=g)
     D, bias = torch.ones(d), torch.zeros(d)
     dt = F.softplus(delta)
+    inputs = (u, delta, A, B, C, D, z, bias)
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    grad_out = torch.randn(b, d, L, generator=g)
 
     Bk, b_index = kernel_layout(B, d)
     Ck, c_index = kernel_layout(C, d)
     y, last = torch.empty(b, d, L), torch.empty(b, d, N)
     states = torch.empty(b, d, -(-L // CHUNK), N)
     arrays = [t.numpy() for t in (u, dt, A, Bk, Ck)]
+    absent = [np.empty(0, np.float32), np.empty((0, 0, 0), np.float32), np.empty(0, np.float32), False]
     outs = [t.numpy() for t in (y, states, last)]
     pairs = b * d
 
     def kernel(first: int, end: int) -> None:
-        _scan_forward_kernel(*arrays, *b_index, *c_index, CHUNK, first, end, np.float32(0), *outs)
+        _scan_forward_kernel(*arrays, *absent, *b_index, *c_index, CHUNK, first, end, np.float32(0), *outs)
 
     def kernel_two_threads() -> None:
         other = threading.Thread(target=kernel, args=(pairs // 2, pairs))
@@ -65,27 +90,44 @@ def main() -> None:
         kernel(0, pairs // 2)
         other.join()
 
-    print(f"# shape (b, d, L, N) = ({b}, {d}, {L}, {N}); median of {args.repeats}; torch {torch.__version__}")
-    print("| what | 1 thread ms | 2 threads ms | scaling |")
+    def fused(*args):
+        return selective_scan(*args, True, backend="cpu")
+
+    def torch_around_kernel(*args):
+        return run_real_scan(recurrence_only, "cpu", *args, True, False, device_type="cpu")
+
+    def with_backward(fn):
+        def run():
+            for t in leaves:
+                t.grad = None
+            fn(*leaves).backward(grad_out)
+        return run
+
+    print(f"# shape (b, d, L, N) = ({b}, {d}, {L}, {N}); median (min) of {args.repeats}, rows interleaved; "
+          f"torch {torch.__version__}")
+    print("| what | 1 thread ms | 2 threads ms | scaling (medians) |")
     print("|---|---|---|---|")
     rows = {
-        "selective_scan(backend='cpu') forward": lambda: selective_scan(u, delta, A, B, C, D, z, bias, True,
-                                                                        backend="cpu"),
-        "fused core (layout + kernel)": lambda: _fused_core(u, dt, A, B, C),
+        "selective_scan(backend='cpu') forward, all fused": lambda: fused(*inputs),
+        "forward, torch prologue/epilogue around the kernel": lambda: torch_around_kernel(*inputs),
+        "forward, recurrence only (no bias/softplus/D/gate)": lambda: recurrence_only(u, dt, A, B, C),
         "torch softplus(delta + bias)": lambda: F.softplus(delta + bias[:, None]),
+        "selective_scan(backend='cpu') forward+backward, all fused": with_backward(fused),
+        "forward+backward, torch prologue/epilogue around the kernels": with_backward(torch_around_kernel),
     }
-    with torch.no_grad():
-        for name, fn in rows.items():
-            torch.set_num_threads(1)
-            one = median_ms(fn, args.repeats)
-            torch.set_num_threads(2)
-            two = median_ms(fn, args.repeats)
-            print(f"| {name} | {one:.1f} | {two:.1f} | {one / two:.2f}x |")
-        one = median_ms(lambda: kernel(0, pairs), args.repeats)
-        two = median_ms(kernel_two_threads, args.repeats)
-        name = "bare kernel, channels split over Python threads"
-        print(f"| {name} | {one:.1f} | {two:.1f} | {one / two:.2f}x |")
-
+    bare = "bare forward kernel, recurrence only, channels split over Python threads"
+    results = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            forward = interleaved_ms({k: v for k, v in rows.items() if "backward" not in k}, args.repeats)
+            forward[bare] = interleaved_ms({bare: (lambda: kernel(0, pairs)) if threads == 1
+                                            else kernel_two_threads}, args.repeats)[bare]
+        backward = interleaved_ms({k: v for k, v in rows.items() if "backward" in k}, args.repeats)
+        results[threads] = {**forward, **backward}
+    for name in [*rows, bare]:
+        (one, one_min), (two, two_min) = results[1][name], results[2][name]
+        print(f"| {name} | {one:.1f} ({one_min:.1f}) | {two:.1f} ({two_min:.1f}) | {one / two:.2f}x |")
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,11 @@
-"""What every fast selective-scan backend does around its core recurrence, in plain differentiable torch.
+"""What the fast selective-scan backends share: argument checks, the kernel layout of B and C, and (for the
+backends whose kernels run only the core recurrence) the prologue and epilogue in differentiable torch.
 
-The core of a backend computes, for real A, ``y_t = <C_t, h_t>`` with
+The core of the ``chunked`` and ``triton`` backends computes, for real A, ``y_t = <C_t, h_t>`` with
 ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``.
-Before it: the bias and softplus on delta; after it: the skip term ``D·u`` and the ``SiLU(z)`` gate. These are
-O(1) per (batch, channel, step), memory-bound, and autograd differentiates them, so they are shared here.
+Before it: the bias and softplus on delta; after it: the skip term ``D·u`` and the ``SiLU(z)`` gate; these are
+O(1) per (batch, channel, step) and autograd differentiates them (:func:`run_real_scan`). The ``cpu``
+backend does all of it inside its kernels and uses only :func:`check_real_scan` and :func:`kernel_layout`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ ScanCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tor
                     tuple[torch.Tensor, torch.Tensor]]
 
 
-def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
-                  return_last_state: bool, device_type: str | None = None):
-    """Check the arguments, apply the prologue, run ``core``, apply the epilogue; see ``selective_scan_ref``.
+def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_type: str | None = None
+                    ) -> torch.dtype:
+    """Validate the arguments of a real-A backend (see ``selective_scan_ref``) and return the compute dtype
+    (float64 if any input is float64, else float32).
 
-    ``device_type``: the one device type the backend runs on (None: any).
+    Raises:
+        ShapeError, DTypeError, DeviceError: naming the bad argument; DTypeError also for complex A, and
+        DeviceError when ``device_type`` (the one device type the backend runs on; None: any) is not u's.
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     if A.is_complex():
@@ -33,7 +38,16 @@ def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_b
                          f"use backend='auto' or 'ref' for complex A")
     if device_type is not None and u.device.type != device_type:
         raise DeviceError(f"u: the {backend!r} backend runs on {device_type}, got tensors on {u.device}")
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    return _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+
+
+def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
+                  return_last_state: bool, device_type: str | None = None):
+    """Check the arguments, apply the prologue, run ``core``, apply the epilogue; see ``selective_scan_ref``.
+
+    ``device_type``: the one device type the backend runs on (None: any).
+    """
+    dtype = check_real_scan(backend, u, delta, A, B, C, D, z, delta_bias, device_type)
     uf = u.to(dtype)
     dt = delta.to(dtype)
     if delta_bias is not None:

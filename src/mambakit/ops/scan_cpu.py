@@ -1,23 +1,28 @@
 """Fused CPU selective scan (backend ``"cpu"``): numba kernels for the forward and the backward pass.
 
-The kernels run the recurrence of :func:`~mambakit.ops.selective_scan.selective_scan_ref` for real A,
+The kernels compute all of :func:`~mambakit.ops.selective_scan.selective_scan_ref` for real A,
 
-    h_t = exp(dt_t · A) ⊙ h_{t-1} + dt_t · u_t · B_t,     y_t = <C_t, h_t>,
+    dt_t  = softplus(delta_t + delta_bias)               (bias and softplus optional)
+    h_t   = exp(dt_t · A) ⊙ h_{t-1} + dt_t · u_t · B_t,
+    out_t = (<C_t, h_t> + D · u_t) · silu(z_t)           (D and the gate optional),
 
 one (batch row, channel) pair at a time with the state h (N numbers) held in cache, so the (batch, dim, L, N)
-tensor is never built. The forward pass writes y, the last state and the state at the start of every chunk
-of ``CHUNK`` steps; the backward pass walks each chunk in reverse after recomputing its states from the saved
-boundary, so the memory kept for training is O(batch·dim·L·(1 + N / CHUNK)). The (batch·dim) pairs are
-split over ``torch.get_num_threads()`` threads (:mod:`mambakit.ops.cpu_threads`).
+tensor is never built. For each pair the forward kernel makes three passes over the row (length L), all in
+cache: dt from delta, the recurrence (writing y into the output row), then D·u and the gate. It writes out,
+the last state and the state at the start of every chunk of ``CHUNK`` steps; dt and the ungated y are not
+kept. The backward kernel recomputes dt, walks each chunk in reverse after recomputing its states (and
+<C, h> where z needs it) from the saved boundary, and produces du, d(delta), dz and per-thread partial sums of
+dA, dB, dC, dD and d(delta_bias). So the memory kept for training is O(batch·dim·L·(1 + N / CHUNK)). The
+(batch·dim) pairs are split over ``torch.get_num_threads()`` threads (:mod:`mambakit.ops.cpu_threads`).
 
-What is O(1) per (batch, channel, step) -- the bias and softplus on delta, the skip term D·u and the SiLU(z)
-gate -- stays in torch around the kernel: those are vectorised, memory-bound passes over (batch, dim, L) that
-autograd differentiates, and keeping them out leaves the kernels short.
+Absent D, z or delta_bias are passed to the kernels as zero-size arrays (the kernels test the size), so
+each kernel is compiled once per dtype, not once per combination of options.
 
 Speed: the forward pass does batch·dim·L·N exponentials, which bound it on CPUs (see docs/benchmarks.md).
 numba's ``np.exp`` is a scalar libm call here, so float32 uses our own exp (Cody-Waite range reduction and a
 degree-7 polynomial, relative error below 6e-7, exactly 0 / inf / NaN where exp underflows, overflows or gets
-NaN) that LLVM vectorises over the N lanes of the state; float64 keeps the libm exp.
+NaN) that LLVM vectorises over the N lanes of the state, and our own log1p for the softplus (series of
+atanh; softplus relative error below 5e-7), vectorised over L; float64 keeps libm's exp and log1p.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .cpu_threads import run_blocks, split_pairs
-from .scan_common import kernel_core, run_real_scan
+from .scan_common import check_real_scan, kernel_layout
 
 CHUNK = 64  # steps between saved states; the backward pass keeps CHUNK × N states per thread
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no 'nnan'/'ninf': infinities and NaN must survive
@@ -107,163 +112,356 @@ def exp_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _scan_forward_kernel(u, dt, A, Bk, Ck, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel, dpg_c,
-                         chunk, first_pair, end_pair, zero, y, states, last):
-    """y[b, d, t] = <C_t, h_t>; states[b, d, c] = h before step c·chunk; last[b, d] = h_L.
+# float32 log1p on [0, 1]: log(1 + y) = 2·atanh(s), s = y / (2 + y) in [0, 1/3], by the series
+# 2·(s + s^3/3 + ... + s^13/13); the first term left out is below 1.5e-8 relative.
+_ATANH_COEFFS = tuple(_F32(1.0 / k) for k in (13, 11, 9, 7, 5, 3))
+_C13, _C11, _C9, _C7, _C5, _C3 = _ATANH_COEFFS
+_TWO = _F32(2.0)
+_SOFTPLUS_THRESHOLD = 20.0   # softplus(x) = x above it, as torch's default threshold
 
-    Runs the (batch row, channel) pairs ``first_pair <= b·dim + d < end_pair``.
-    Bk, Ck: (batch or 1, groups, L or 1, N); row b·b_sel, group d // dpg_b, step t·t_sel serve (b, d, t).
+
+@njit(fastmath=_FASTMATH, inline="always", cache=True)
+def _log1p_unit_float32(y):
+    """log(1 + y) for float32 y in [0, 1], accurate for tiny y, branch-free."""
+    s = y / (_TWO + y)
+    s2 = s * s
+    p = _C13
+    p = p * s2 + _C11
+    p = p * s2 + _C9
+    p = p * s2 + _C7
+    p = p * s2 + _C5
+    p = p * s2 + _C3
+    return _TWO * s * (p * s2 + _ONE)
+
+
+def _softplus(x):
+    """softplus with torch's threshold (x above 20), dispatched on the scalar type when compiled.
+
+    float32: max(x, 0) + log1p(exp(-|x|)), which never overflows; above 20 the log1p term is under half an
+    ulp of x, so it already returns x there without a threshold (and inf for inf, NaN for NaN).
     """
-    dim, L = u.shape[1], u.shape[2]
-    N = A.shape[1]
-    h = np.empty(N, dtype=u.dtype)
-    for pair in range(first_pair, end_pair):
-        b = pair // dim
-        d = pair - b * dim
-        Bs = Bk[b * b_sel, d // dpg_b]
-        Cs = Ck[b * c_b_sel, d // dpg_c]
-        Ad = A[d]
-        h[:] = zero
+    return x if x > _SOFTPLUS_THRESHOLD else max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+@overload(_softplus)
+def _softplus_overload(x):
+    if x == types.float32:
+        return lambda x: max(x, _ZERO) + _log1p_unit_float32(_exp_float32(-abs(x)))
+    return lambda x: x if x > _SOFTPLUS_THRESHOLD else max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _sigmoid(x):
+    """1 / (1 + exp(-x)), dispatched on the scalar type when compiled; 0 or 1 where exp overflows."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@overload(_sigmoid)
+def _sigmoid_overload(x):
+    if x == types.float32:
+        return lambda x: _ONE / (_ONE + _exp_float32(-x))
+    return lambda x: 1.0 / (1.0 + math.exp(-x))
+
+
+def _softplus_grad(x):
+    """d softplus / dx: sigmoid(x), and 1 above the threshold (in float32, sigmoid is exactly 1 there)."""
+    return 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
+
+
+@overload(_softplus_grad)
+def _softplus_grad_overload(x):
+    if x == types.float32:
+        return lambda x: _ONE / (_ONE + _exp_float32(-x))
+    return lambda x: 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _softplus_float32_kernel(x, out):
+    for i in range(x.shape[0]):
+        out[i] = _softplus(x[i])
+
+
+def softplus_float32(x: np.ndarray) -> np.ndarray:
+    """The kernels' float32 softplus over a 1-D float32 array, one thread (for tests)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _softplus_float32_kernel(x, out)
+    return out
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _steps(delta_row, bias_d, softplus, dt, dt_grad):
+    """dt[t] = softplus(delta_row[t] + bias_d) (or without softplus); with softplus and a non-empty
+    ``dt_grad``, also the softplus's derivative there."""
+    L = delta_row.shape[0]
+    if not softplus:
         for t in range(L):
-            if t % chunk == 0:
-                states[b, d, t // chunk, :] = h
-            dtt = dt[b, d, t]
-            x = dtt * u[b, d, t]
-            Bt = Bs[t * t_sel]
-            Ct = Cs[t * c_t_sel]
-            acc = zero
-            for n in range(N):
-                hn = _exp(dtt * Ad[n]) * h[n] + x * Bt[n]
-                h[n] = hn
-                acc += hn * Ct[n]
-            y[b, d, t] = acc
-        last[b, d, :] = h
+            dt[t] = delta_row[t] + bias_d
+    elif dt_grad.shape[0] == 0:
+        for t in range(L):
+            dt[t] = _softplus(delta_row[t] + bias_d)
+    else:
+        for t in range(L):
+            x = delta_row[t] + bias_d
+            dt[t] = _softplus(x)
+            dt_grad[t] = _softplus_grad(x)
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _scan_backward_kernel(u, dt, A, Bk, Ck, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel, dpg_c,
-                          chunk, first_pair, end_pair, zero, states, dy, dlast,
-                          du, ddt, dA_part, dB_part, dC_part):
-    """Gradients of the forward kernel's (y, last) for the upstream gradients (dy, dlast).
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel,
+                         dpg_c, chunk, first_pair, end_pair, zero, out, states, last):
+    """out[b, d, t] = (<C_t, h_t> + D[d]·u) · silu(z); states[b, d, c] = h before step c·chunk; last = h_L.
 
-    Runs the pairs ``first_pair <= b·dim + d < end_pair``: writes their du, ddt (batch, dim, L) and adds
-    their contributions into dA_part (dim, N), dB_part (like Bk) and dC_part (like Ck), the running thread's
-    own partial sums (threads share channels and groups, so each has its own and the caller adds them up).
+    Runs the (batch row, channel) pairs ``first_pair <= b·dim + d < end_pair``. D, bias: (dim,) or empty
+    (absent); z: like u or empty. Bk, Ck: (batch or 1, groups, L or 1, N); row b·b_sel, group d // dpg_b,
+    step t·t_sel serve (b, d, t).
     """
     dim, L = u.shape[1], u.shape[2]
     N = A.shape[1]
     n_chunks = (L + chunk - 1) // chunk
-    H = np.empty((chunk, N), dtype=u.dtype)   # states h_t of the chunk being walked
-    E = np.empty((chunk, N), dtype=u.dtype)   # decays exp(dt_t · A) of that chunk
-    dh = np.empty(N, dtype=u.dtype)           # gradient flowing into h_t from the future
+    has_D, has_z, has_bias = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0
+    h = np.empty(N, dtype=u.dtype)
+    dt = np.empty(L, dtype=u.dtype)
+    no_grad = np.empty(0, dtype=u.dtype)
+    for pair in range(first_pair, end_pair):
+        b = pair // dim
+        d = pair - b * dim
+        Bs = Bk[b * b_sel, d // dpg_b]   # (L or 1, N); indexed below, never sliced per step (a view per
+        Cs = Ck[b * c_b_sel, d // dpg_c]  # step costs reference counting that outweighs the step's work)
+        Ad = A[d]
+        u_row = u[b, d]
+        out_row = out[b, d]
+        _steps(delta[b, d], bias[d] if has_bias else zero, softplus, dt, no_grad)
+        h[:] = zero
+        for c in range(n_chunks):
+            states[b, d, c, :] = h
+            for t in range(c * chunk, min(L, (c + 1) * chunk)):
+                dtt = dt[t]
+                x = dtt * u_row[t]
+                tb = t * t_sel
+                tc = t * c_t_sel
+                acc = zero
+                for n in range(N):
+                    hn = _exp(dtt * Ad[n]) * h[n] + x * Bs[tb, n]
+                    h[n] = hn
+                    acc += hn * Cs[tc, n]
+                out_row[t] = acc
+        last[b, d, :] = h
+        D_d = D[d] if has_D else zero
+        if has_z:
+            z_row = z[b, d]
+            for t in range(L):
+                zt = z_row[t]
+                out_row[t] = (out_row[t] + D_d * u_row[t]) * (zt * _sigmoid(zt))
+        elif has_D:
+            for t in range(L):
+                out_row[t] += D_d * u_row[t]
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel,
+                          dpg_c, chunk, first_pair, end_pair, zero, states, dout, dlast,
+                          du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part):
+    """Gradients of the forward kernel's (out, last) for the upstream gradients (dout, dlast).
+
+    Runs the pairs ``first_pair <= b·dim + d < end_pair``: writes their du, ddelta and (with z) dz, all
+    (batch, dim, L), and adds their contributions into dA_part (dim, N), dB_part (like Bk), dC_part (like
+    Ck), dD_part and dbias_part ((dim,), or empty when D / bias is absent): the running thread's own partial
+    sums (threads share channels and groups, so each has its own and the caller adds them up).
+    """
+    dim, L = u.shape[1], u.shape[2]
+    N = A.shape[1]
+    has_D, has_z, has_bias = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0
+    n_chunks = (L + chunk - 1) // chunk
+    H = np.empty((chunk + 1, N), dtype=u.dtype)   # H[i + 1] = state after step t0 + i of the chunk walked
+    E = np.empty((chunk, N), dtype=u.dtype)       # decays exp(dt_t · A) of that chunk
+    G = np.empty((chunk, N), dtype=u.dtype)       # G[i] = d loss / d (state after step t0 + i)
+    dh = np.empty(N, dtype=u.dtype)               # gradient flowing into h_t from the future
     dA_acc = np.empty(N, dtype=u.dtype)
+    dt = np.empty(L, dtype=u.dtype)               # the row's steps, recomputed
+    dt_grad = np.empty(L if softplus else 0, dtype=u.dtype)   # d dt / d delta where softplus
+    dy = np.empty(L, dtype=u.dtype)               # gradient of the ungated y
+    gate = np.empty(L if has_z else 0, dtype=u.dtype)     # sigmoid(z)
+    y_core = np.empty(L if has_z else 0, dtype=u.dtype)   # <C_t, h_t>, recomputed for dz
     for pair in range(first_pair, end_pair):
         b = pair // dim
         d = pair - b * dim
         gb = d // dpg_b
         gc = d // dpg_c
-        Bs = Bk[b * b_sel, gb]
+        Bs = Bk[b * b_sel, gb]     # 2-D, indexed (not sliced) per step, as in the forward kernel
         Cs = Ck[b * c_b_sel, gc]
         dBs = dB_part[b * b_sel, gb]
         dCs = dC_part[b * c_b_sel, gc]
         Ad = A[d]
+        u_row = u[b, d]
+        g_row = dout[b, d]
+        ddelta_row = ddelta[b, d]
+        du_row = du[b, d]
+        D_d = D[d] if has_D else zero
+        _steps(delta[b, d], bias[d] if has_bias else zero, softplus, dt, dt_grad)
+        if has_z:
+            z_row = z[b, d]
+            for t in range(L):
+                s = _sigmoid(z_row[t])
+                gate[t] = s
+                dy[t] = g_row[t] * z_row[t] * s
+        else:
+            for t in range(L):
+                dy[t] = g_row[t]
         dh[:] = dlast[b, d]
         dA_acc[:] = zero
         for c in range(n_chunks - 1, -1, -1):
             t0 = c * chunk
             t1 = min(L, t0 + chunk)
-            h0 = states[b, d, c]
+            H[0, :] = states[b, d, c]
             for t in range(t0, t1):   # recompute the chunk's states from its saved start
                 i = t - t0
-                prev = h0 if i == 0 else H[i - 1]
-                dtt = dt[b, d, t]
-                x = dtt * u[b, d, t]
-                Bt = Bs[t * t_sel]
+                dtt = dt[t]
+                x = dtt * u_row[t]
+                tb = t * t_sel
                 for n in range(N):
                     e = _exp(dtt * Ad[n])
                     E[i, n] = e
-                    H[i, n] = e * prev[n] + x * Bt[n]
-            for t in range(t1 - 1, t0 - 1, -1):
+                    H[i + 1, n] = e * H[i, n] + x * Bs[tb, n]
+                if has_z:
+                    tc = t * c_t_sel
+                    acc = zero
+                    for n in range(N):
+                        acc += H[i + 1, n] * Cs[tc, n]
+                    y_core[t] = acc
+            for t in range(t1 - 1, t0 - 1, -1):   # the gradient into h_t, walking back
                 i = t - t0
-                prev = h0 if i == 0 else H[i - 1]
-                g = dy[b, d, t]
-                dtt = dt[b, d, t]
-                ut = u[b, d, t]
-                x = dtt * ut
-                Bt = Bs[t * t_sel]
-                Ct = Cs[t * c_t_sel]
-                dBt = dBs[t * t_sel]
-                dCt = dCs[t * c_t_sel]
+                g = dy[t]
+                tc = t * c_t_sel
+                for n in range(N):
+                    dhn = dh[n] + g * Cs[tc, n]
+                    G[i, n] = dhn
+                    dh[n] = dhn * E[i, n]
+            # What the chunk's state gradients give the inputs, in loops that each write one array (a loop
+            # writing several needs more runtime overlap checks than LLVM makes before it vectorises).
+            for t in range(t0, t1):
+                i = t - t0
+                ut = u_row[t]
+                tb = t * t_sel
                 sum_ddt = zero
                 sum_du = zero
+                for n in range(N):   # G·H[i]·E: the gradient of step t's log-decay dt_t·A_n
+                    gB = G[i, n] * Bs[tb, n]
+                    sum_ddt += G[i, n] * H[i, n] * E[i, n] * Ad[n] + gB * ut
+                    sum_du += gB
+                ddelta_row[t] = sum_ddt * dt_grad[t] if softplus else sum_ddt
+                du_row[t] = sum_du * dt[t] + dy[t] * D_d
+            for t in range(t0, t1):
+                i = t - t0
+                dtt = dt[t]
                 for n in range(N):
-                    dhn = dh[n] + g * Ct[n]
-                    dCt[n] += g * H[i, n]
-                    w = dhn * prev[n] * E[i, n]      # d loss / d log-decay of step t
-                    dA_acc[n] += w * dtt
-                    sum_ddt += w * Ad[n] + dhn * ut * Bt[n]
-                    sum_du += dhn * Bt[n]
-                    dBt[n] += dhn * x
-                    dh[n] = dhn * E[i, n]
-                ddt[b, d, t] = sum_ddt
-                du[b, d, t] = sum_du * dtt
+                    dA_acc[n] += G[i, n] * H[i, n] * E[i, n] * dtt
+            for t in range(t0, t1):
+                i = t - t0
+                x = dt[t] * u_row[t]
+                tb = t * t_sel
+                for n in range(N):
+                    dBs[tb, n] += G[i, n] * x
+            for t in range(t0, t1):
+                i = t - t0
+                g = dy[t]
+                tc = t * c_t_sel
+                for n in range(N):
+                    dCs[tc, n] += g * H[i + 1, n]
         for n in range(N):
             dA_part[d, n] += dA_acc[n]
+        if has_z:   # d out / d z = y · silu'(z), silu'(z) = s·(1 + z·(1 - s)), s = sigmoid(z)
+            z_row = z[b, d]
+            dz_row = dz[b, d]
+            for t in range(L):
+                s = gate[t]
+                zt = z_row[t]
+                dz_row[t] = g_row[t] * (y_core[t] + D_d * u_row[t]) * (s + zt * (s - s * s))
+        if has_D:
+            acc = zero
+            for t in range(L):
+                acc += dy[t] * u_row[t]
+            dD_part[d] += acc
+        if has_bias:
+            acc = zero
+            for t in range(L):
+                acc += ddelta_row[t]
+            dbias_part[d] += acc
+
+
+def _or_empty(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> np.ndarray:
+    """t as a numpy array, or a zero-size array of ``ndim`` dims (the kernels' "absent")."""
+    return t.numpy() if t is not None else np.empty((0,) * ndim, dtype=like.numpy().dtype)
 
 
 class _FusedScan(torch.autograd.Function):
-    """(u, dt, A, Bk, Ck) -> (y, last_state) with the fused kernels; all inputs contiguous, one real dtype."""
+    """(u, delta, A, Bk, Ck, D, z, delta_bias) -> (out, last_state) with the fused kernels.
+
+    All tensors contiguous, on the CPU, in one real dtype; D, z, delta_bias may be None; B and C in
+    :func:`~mambakit.ops.scan_common.kernel_layout`.
+    """
 
     @staticmethod
-    def forward(ctx, u, dt, A, Bk, Ck, b_index, c_index):
+    def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index):
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = CHUNK
-        y = torch.empty_like(u)
+        out = torch.empty_like(u)
         states = torch.empty(batch, dim, -(-L // chunk), N, dtype=u.dtype)
         last = torch.empty(batch, dim, N, dtype=u.dtype)
-        arrays = [t.numpy() for t in (u, dt, A, Bk, Ck)]
+        arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
+        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), softplus]
         zero = arrays[0].dtype.type(0)
-        outs = [t.numpy() for t in (y, states, last)]
+        outs = [t.numpy() for t in (out, states, last)]
 
         def block(_, first, end):
-            _scan_forward_kernel(*arrays, *b_index, *c_index, chunk, first, end, zero, *outs)
+            _scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, first, end, zero, *outs)
 
         run_blocks(block, *split_pairs(batch * dim, batch * dim * L * N))
-        ctx.save_for_backward(u, dt, A, Bk, Ck, states)
-        ctx.b_index, ctx.c_index, ctx.chunk = b_index, c_index, chunk
-        return y, last
+        ctx.save_for_backward(u, delta, A, Bk, Ck, D, z, delta_bias, states)
+        ctx.softplus, ctx.b_index, ctx.c_index, ctx.chunk = softplus, b_index, c_index, chunk
+        return out, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dlast):
-        u, dt, A, Bk, Ck, states = ctx.saved_tensors
+    def backward(ctx, dout, dlast):
+        u, delta, A, Bk, Ck, D, z, delta_bias, states = ctx.saved_tensors
         batch, dim, L = u.shape
         N = A.shape[1]
-        dy = torch.zeros_like(u) if dy is None else dy.contiguous().to(u.dtype)
+        dout = torch.zeros_like(u) if dout is None else dout.contiguous().to(u.dtype)
         dlast = (torch.zeros(batch, dim, N, dtype=u.dtype) if dlast is None
                  else dlast.contiguous().to(u.dtype))
         workers, blocks = split_pairs(batch * dim, 3 * batch * dim * L * N)
-        du = torch.empty_like(u)
-        ddt = torch.empty_like(u)
-        dA_part = torch.zeros((workers, *A.shape), dtype=u.dtype)   # one partial sum per thread
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        dz = torch.empty_like(u) if z is not None else None
+        # One partial sum per thread for what several threads add to.
+        dA_part = torch.zeros((workers, *A.shape), dtype=u.dtype)
         dB_part = torch.zeros((workers, *Bk.shape), dtype=u.dtype)
         dC_part = torch.zeros((workers, *Ck.shape), dtype=u.dtype)
-        arrays = [t.numpy() for t in (u, dt, A, Bk, Ck)]
+        dD_part = torch.zeros((workers, dim if D is not None else 0), dtype=u.dtype)
+        dbias_part = torch.zeros((workers, dim if delta_bias is not None else 0), dtype=u.dtype)
+        arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
+        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), ctx.softplus]
         zero = arrays[0].dtype.type(0)
-        grads = [t.numpy() for t in (states, dy, dlast, du, ddt)]
-        parts = [t.numpy() for t in (dA_part, dB_part, dC_part)]
+        grads = [t.numpy() for t in (states, dout, dlast, du, ddelta)] + [_or_empty(dz, u, 3)]
+        parts = [t.numpy() for t in (dA_part, dB_part, dC_part, dD_part, dbias_part)]
 
         def block(i, first, end):
-            _scan_backward_kernel(*arrays, *ctx.b_index, *ctx.c_index, ctx.chunk, first, end, zero, *grads,
-                                  parts[0][i], parts[1][i], parts[2][i])
+            _scan_backward_kernel(*arrays, *options, *ctx.b_index, *ctx.c_index, ctx.chunk, first, end, zero,
+                                  *grads, *(part[i] for part in parts))
 
         run_blocks(block, workers, blocks)
-        return du, ddt, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0), None, None
+        dD = dD_part.sum(0) if D is not None else None
+        dbias = dbias_part.sum(0) if delta_bias is not None else None
+        return (du, ddelta, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0), dD, dz, dbias,
+                None, None, None)
 
 
-_fused_core = kernel_core(_FusedScan)
+def _empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype):
+    """L = 0: nothing to scan. The sum keeps every input in the graph, so its gradient is zeros."""
+    batch, dim, _ = u.shape
+    inputs = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    out = u.new_zeros(batch, dim, 0, dtype=dtype) + 0 * sum(t.to(dtype).sum() for t in inputs)
+    return out, u.new_zeros(batch, dim, A.shape[1], dtype=dtype)
 
 
 def selective_scan_cpu(
@@ -283,10 +481,23 @@ def selective_scan_cpu(
     Args:
         u, delta, z: (batch, dim, L) on the CPU; A: real (dim, N); B, C: (dim, N), (batch, N, L) or
         (batch, groups, N, L); D, delta_bias: (dim,). Complex A raises DTypeError (``selective_scan``
-        hands it to ``ref``).
+        hands it to ``ref``). bfloat16 / float16 inputs are computed in float32.
 
     Returns:
-        out (batch, dim, L) in u's dtype, and with ``return_last_state`` the last state (batch, dim, N).
+        out (batch, dim, L) in u's dtype, and with ``return_last_state`` the last state (batch, dim, N) in
+        the compute dtype (float32 or float64).
     """
-    return run_real_scan(_fused_core, "cpu", u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                         return_last_state, device_type="cpu")
+    dtype = check_real_scan("cpu", u, delta, A, B, C, D, z, delta_bias, device_type="cpu")
+    dim, L = u.shape[1], u.shape[2]
+    if L == 0:
+        out, last = _empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype)
+    else:
+        def prep(t):
+            return None if t is None else t.to(dtype).contiguous()
+
+        Bk, b_index = kernel_layout(B.to(dtype), dim)
+        Ck, c_index = kernel_layout(C.to(dtype), dim)
+        out, last = _FusedScan.apply(prep(u), prep(delta), prep(A), Bk, Ck, prep(D), prep(z),
+                                     prep(delta_bias), bool(delta_softplus), b_index, c_index)
+    out = out.to(u.dtype)
+    return (out, last) if return_last_state else out
