@@ -73,3 +73,40 @@ def test_every_preset_builds_valid_settings():
     for name, presets in PRESETS.items():
         for preset in presets:
             assert settings_for(name, preset).seed == 0
+
+
+def test_induction_heads_curriculum_trains_each_length_first(tmp_path):
+    overrides = {
+        "steps": 2,
+        "batch_size": 2,
+        "train_len": 16,
+        "curriculum_lengths": [4, 8],
+        "curriculum_steps": 3,
+        "curriculum_accuracy": 1.0,
+        "eval_lengths": [16],
+        "eval_samples": 3,
+        "d_model": 16,
+        "mixers": ["mamba"],
+    }
+    run_experiment("induction_heads", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    # Each curriculum phase ran at most its step cap; the loss curve holds every phase's steps.
+    assert len(row["curriculum_steps"]) == 2 and all(1 <= n <= 3 for n in row["curriculum_steps"])
+    assert len(row["losses"]) == sum(row["curriculum_steps"]) + row["steps"]
+    text = (tmp_path / "results.md").read_text()
+    assert "Length curriculum first: L = 4, 8" in text
+    assert f"| {sum(row['curriculum_steps'])} + {row['steps']} |" in text
+
+
+@pytest.mark.parametrize(
+    "curriculum, field",
+    [
+        ([8, 300], "curriculum_lengths"),   # not shorter than train_len
+        ([64, 32], "curriculum_lengths"),   # not increasing
+        ([2], "curriculum_lengths"),        # too short for trigger, target, trigger
+    ],
+)
+def test_bad_curriculum_is_a_config_error(tmp_path, curriculum, field):
+    overrides = {"curriculum_lengths": curriculum, "mixers": ["mamba"], "steps": 1}
+    with pytest.raises(ConfigError, match=field):
+        run_experiment("induction_heads", tmp_path, preset="cpu", overrides=overrides, progress=False)

@@ -95,6 +95,11 @@ class InductionHeadsSettings:
     attention_max_len: int = 2**13  # other mixers need one full pass: evaluated only up to these lengths
     s4d_max_len: int = 2**16
     stop_at_accuracy: float | None = None  # stop a model's training once accuracy at train_len reaches this
+    # Length curriculum before the main phase: at each of these (shorter) lengths, train until held-out
+    # accuracy reaches curriculum_accuracy or curriculum_steps have passed. Empty: train at train_len only.
+    curriculum_lengths: tuple[int, ...] = ()
+    curriculum_steps: int = 600
+    curriculum_accuracy: float = 0.99
     seed: int = 0
 
 
@@ -164,7 +169,7 @@ def settings_for(name: str, preset: str = "cpu", overrides: dict[str, object] | 
         raise ConfigError(
             f"overrides: unknown field(s) {unknown} for {name}; expected some of {sorted(names)}"
         )
-    for key in ("mixers", "eval_lengths"):
+    for key in ("mixers", "eval_lengths", "curriculum_lengths"):
         if key in overrides and isinstance(overrides[key], (str, int)):
             overrides[key] = (overrides[key],)  # one name or length given alone
         if key in overrides and isinstance(overrides[key], list):
@@ -198,17 +203,21 @@ def _progress_bar(
     return update, bar.close
 
 
-def _train_one(model, task, s, label: str, progress: bool) -> TrainResult:
+def _train_one(
+    model, task, s, label: str, progress: bool, steps: int | None = None, stop_at: float | None = None,
+    budget: bool = True, seed_offset: int = 0,
+) -> TrainResult:
+    steps = s.steps if steps is None else steps
     settings = TrainSettings(
-        steps=s.steps,
+        steps=steps,
         batch_size=s.batch_size,
         lr=s.lr,
-        warmup_steps=min(s.warmup_steps, s.steps - 1),
-        time_budget_s=s.time_budget_s,
-        seed=s.seed,
-        stop_at_accuracy=s.stop_at_accuracy,
+        warmup_steps=min(s.warmup_steps, steps - 1),
+        time_budget_s=s.time_budget_s if budget else None,
+        seed=s.seed + seed_offset,
+        stop_at_accuracy=s.stop_at_accuracy if stop_at is None else stop_at,
     )
-    update, close = _progress_bar(s.steps, f"train {label}", progress)
+    update, close = _progress_bar(steps, f"train {label}", progress)
     try:
         return train(model, task, settings, progress=update)
     finally:
@@ -243,10 +252,18 @@ def run_selective_copying(s: SelectiveCopyingSettings, progress: bool = True) ->
 def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dict:
     """Train every mixer of ``s`` at ``train_len`` and evaluate it at each of ``eval_lengths``."""
     task = InductionHeads(seq_len=s.train_len, vocab_size=s.vocab_size)
+    _check_curriculum(s)
     rows = []
     for mixer in s.mixers:
         model = build_model(mixer, task.vocab_size, s.d_model, s.n_layer, s.d_state, s.seed)
-        result = _train_one(model, task, s, mixer, progress)
+        # A length curriculum: each phase a fresh optimiser and its own data seed, stopping once solved.
+        phases = [
+            _train_one(model, InductionHeads(seq_len=L, vocab_size=s.vocab_size), s, f"{mixer} L={L}",
+                       progress, steps=s.curriculum_steps, stop_at=s.curriculum_accuracy, budget=False,
+                       seed_offset=L)
+            for L in s.curriculum_lengths
+        ]
+        result = _train_one(model, task, s, f"{mixer} L={s.train_len}", progress)
         by_length: dict[int, float | None] = {}
         seconds: dict[int, float] = {}
         limit = {"mamba": None, "attention": s.attention_max_len}.get(mixer, s.s4d_max_len)
@@ -265,13 +282,29 @@ def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dic
                 "mixer": mixer,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "steps": result.steps,
-                "train_seconds": round(result.seconds, 1),
+                "curriculum_steps": [p.steps for p in phases],
+                "train_seconds": round(result.seconds + sum(p.seconds for p in phases), 1),
                 "accuracy_by_length": {str(k): v for k, v in by_length.items()},
                 "eval_seconds_by_length": {str(k): v for k, v in seconds.items()},
-                "losses": result.losses,
+                "losses": [x for p in phases for x in p.losses] + result.losses,
             }
         )
     return {"experiment": "induction_heads", "settings": dataclasses.asdict(s), "rows": rows}
+
+
+def _check_curriculum(s: InductionHeadsSettings) -> None:
+    lengths = list(s.curriculum_lengths)
+    if any(isinstance(L, bool) or not isinstance(L, int) or not 3 <= L < s.train_len for L in lengths):
+        raise ConfigError(
+            f"curriculum_lengths: expected integers in [3, train_len = {s.train_len}), got {lengths}"
+        )
+    if lengths != sorted(set(lengths)):
+        raise ConfigError(f"curriculum_lengths: expected increasing lengths, got {lengths}")
+    if lengths and (isinstance(s.curriculum_steps, bool) or not isinstance(s.curriculum_steps, int)
+                    or s.curriculum_steps < 1):
+        raise ConfigError(f"curriculum_steps: expected an integer >= 1, got {s.curriculum_steps!r}")
+    if lengths and not 0 < s.curriculum_accuracy <= 1:
+        raise ConfigError(f"curriculum_accuracy: expected a number in (0, 1], got {s.curriculum_accuracy!r}")
 
 
 # ------------------------------------------------------------------------------------------------- reports
@@ -313,10 +346,18 @@ def induction_heads_table(record: dict) -> str:
         header,
         "|---|---:|" + "---:|" * len(lengths),
     ]
+    if s.get("curriculum_lengths"):
+        lines[0] += (
+            f" Length curriculum first: L = {', '.join(map(str, s['curriculum_lengths']))}, each until"
+            f" {100 * s['curriculum_accuracy']:g}% held-out accuracy or {s['curriculum_steps']} steps; steps"
+            " are written curriculum + main phase."
+        )
     for r in record["rows"]:
         accs = [r["accuracy_by_length"].get(str(L)) for L in lengths]
+        phases = r.get("curriculum_steps") or []
+        steps = " + ".join(map(str, [sum(phases), r["steps"]])) if phases else str(r["steps"])
         lines.append(
-            f"| {MIXER_LABELS.get(r['mixer'], r['mixer'])} | {r['steps']} | "
+            f"| {MIXER_LABELS.get(r['mixer'], r['mixer'])} | {steps} | "
             + " | ".join(_pct(a) for a in accs)
             + " |"
         )
