@@ -37,6 +37,7 @@ def test_induction_heads_marks_lengths_not_evaluated(tmp_path):
         "s4d_max_len": 8,
         "d_model": 16,
         "mixers": ["mamba", "attention", "s4d"],
+        "skip_after_chance": 0,  # barely trained models are at chance: evaluate every length anyway
     }
     run_experiment("induction_heads", tmp_path, preset="smoke", overrides=overrides, progress=False)
     rows = {
@@ -110,3 +111,27 @@ def test_bad_curriculum_is_a_config_error(tmp_path, curriculum, field):
     overrides = {"curriculum_lengths": curriculum, "mixers": ["mamba"], "steps": 1}
     with pytest.raises(ConfigError, match=field):
         run_experiment("induction_heads", tmp_path, preset="cpu", overrides=overrides, progress=False)
+
+
+def test_lengths_after_a_run_at_chance_are_skipped(tmp_path, monkeypatch):
+    import mambakit.tasks.experiment as experiment
+
+    calls = []
+
+    def at_chance(model, batch, chunk_len):
+        calls.append(batch.inputs.shape[1])
+        return 0.0
+
+    monkeypatch.setattr(experiment, "last_position_accuracy", at_chance)
+    overrides = {"steps": 1, "batch_size": 2, "train_len": 8, "eval_lengths": [8, 16, 32, 64],
+                 "eval_samples": 2, "d_model": 16, "mixers": ["mamba"], "skip_after_chance": 2}
+    run_experiment("induction_heads", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert calls == [8, 16] and row["skipped_at_chance"] == [32, 64]
+    assert "| 0.0 | 0.0 | · | · |" in (tmp_path / "results.md").read_text()
+
+
+def test_negative_skip_after_chance_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="skip_after_chance"):
+        run_experiment("induction_heads", tmp_path, preset="smoke", overrides={"skip_after_chance": -1},
+                       progress=False)

@@ -95,6 +95,9 @@ class InductionHeadsSettings:
     attention_max_len: int = 2**13  # other mixers need one full pass: evaluated only up to these lengths
     s4d_max_len: int = 2**16
     stop_at_accuracy: float | None = None  # stop a model's training once accuracy at train_len reaches this
+    # Stop evaluating a model at longer lengths once it has been at chance (at most twice the chance rate
+    # 1/(vocab_size - 1)) at this many consecutive lengths; those lengths show "·" in the table. 0: never.
+    skip_after_chance: int = 2
     # Length curriculum before the main phase: at each of these (shorter) lengths, train until held-out
     # accuracy reaches curriculum_accuracy or curriculum_steps have passed. Empty: train at train_len only.
     curriculum_lengths: tuple[int, ...] = ()
@@ -143,7 +146,14 @@ PRESETS: dict[str, dict[str, object]] = {
             attention_max_len=2**10,
             s4d_max_len=2**12,
         ),
-        "cpu": InductionHeadsSettings(),
+        "cpu": InductionHeadsSettings(
+            curriculum_lengths=(32, 64, 128),
+            steps=1000,
+            batch_size=32,
+            lr=2e-3,
+            warmup_steps=50,
+            time_budget_s=600.0,
+        ),
         "paper": InductionHeadsSettings(
             steps=204_800,
             batch_size=8,
@@ -252,7 +262,7 @@ def run_selective_copying(s: SelectiveCopyingSettings, progress: bool = True) ->
 def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dict:
     """Train every mixer of ``s`` at ``train_len`` and evaluate it at each of ``eval_lengths``."""
     task = InductionHeads(seq_len=s.train_len, vocab_size=s.vocab_size)
-    _check_curriculum(s)
+    _check_induction_settings(s)
     rows = []
     for mixer in s.mixers:
         model = build_model(mixer, task.vocab_size, s.d_model, s.n_layer, s.d_state, s.seed)
@@ -267,14 +277,20 @@ def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dic
         by_length: dict[int, float | None] = {}
         seconds: dict[int, float] = {}
         limit = {"mamba": None, "attention": s.attention_max_len}.get(mixer, s.s4d_max_len)
+        chance_streak, skipped = 0, []
         for L in s.eval_lengths:
             if limit is not None and L > limit:
                 by_length[L] = None  # not evaluated: one full pass at this length would not fit
+                continue
+            if s.skip_after_chance and chance_streak >= s.skip_after_chance:
+                by_length[L] = None  # not evaluated: already at chance at shorter lengths
+                skipped.append(L)
                 continue
             batch = task.sample(s.eval_samples, generator=20_000 + s.seed + L, seq_len=L)
             start = time.perf_counter()
             by_length[L] = last_position_accuracy(model, batch, chunk_len=s.chunk_len)
             seconds[L] = round(time.perf_counter() - start, 1)
+            chance_streak = chance_streak + 1 if by_length[L] <= 2 / (s.vocab_size - 1) else 0
             if progress:
                 print(f"  {mixer} L={L}: accuracy {by_length[L]:.3f} ({seconds[L]} s)", flush=True)
         rows.append(
@@ -286,13 +302,17 @@ def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dic
                 "train_seconds": round(result.seconds + sum(p.seconds for p in phases), 1),
                 "accuracy_by_length": {str(k): v for k, v in by_length.items()},
                 "eval_seconds_by_length": {str(k): v for k, v in seconds.items()},
+                "skipped_at_chance": skipped,
                 "losses": [x for p in phases for x in p.losses] + result.losses,
             }
         )
     return {"experiment": "induction_heads", "settings": dataclasses.asdict(s), "rows": rows}
 
 
-def _check_curriculum(s: InductionHeadsSettings) -> None:
+def _check_induction_settings(s: InductionHeadsSettings) -> None:
+    if isinstance(s.skip_after_chance, bool) or not isinstance(s.skip_after_chance, int) \
+            or s.skip_after_chance < 0:
+        raise ConfigError(f"skip_after_chance: expected an integer >= 0, got {s.skip_after_chance!r}")
     lengths = list(s.curriculum_lengths)
     if any(isinstance(L, bool) or not isinstance(L, int) or not 3 <= L < s.train_len for L in lengths):
         raise ConfigError(
@@ -341,7 +361,8 @@ def induction_heads_table(record: dict) -> str:
         f"Induction heads: trained at L = {s['train_len']}, vocabulary {s['vocab_size']};"
         f" {s['n_layer']} layers,"
         f" d_model = {s['d_model']}, d_state = {s['d_state']}; batch {s['batch_size']}, lr {s['lr']}, seed"
-        f" {s['seed']}; accuracy (%) on {s['eval_samples']} sequences per length; — = not evaluated.",
+        f" {s['seed']}; accuracy (%) on {s['eval_samples']} sequences per length; — = not evaluated (one"
+        " full pass would not fit); · = not evaluated, at chance at shorter lengths.",
         "",
         header,
         "|---|---:|" + "---:|" * len(lengths),
@@ -354,11 +375,12 @@ def induction_heads_table(record: dict) -> str:
         )
     for r in record["rows"]:
         accs = [r["accuracy_by_length"].get(str(L)) for L in lengths]
+        at_chance = set(r.get("skipped_at_chance", []))
         phases = r.get("curriculum_steps") or []
         steps = " + ".join(map(str, [sum(phases), r["steps"]])) if phases else str(r["steps"])
         lines.append(
             f"| {MIXER_LABELS.get(r['mixer'], r['mixer'])} | {steps} | "
-            + " | ".join(_pct(a) for a in accs)
+            + " | ".join("·" if L in at_chance else _pct(a) for L, a in zip(lengths, accs, strict=True))
             + " |"
         )
     return "\n".join(lines) + "\n"
