@@ -5,16 +5,19 @@ in every repeat so that a busy machine slows them alike:
 
 - the whole ``selective_scan(backend="cpu")`` forward, and forward+backward (bias, softplus, D·u and the
   SiLU(z) gate all inside the numba kernels);
+- the same forward on the per-channel kernel (``scan_cpu.LANE_FORWARD = False``) instead of the
+  channel-vectorised one (``scan_cpu_lanes``), which float32 with input-dependent B and C uses;
 - the same scan with the kernels running only the recurrence and torch doing the prologue (bias, softplus)
   and the epilogue (D·u, gate) around them (``scan_common.run_real_scan``, how the ``chunked`` and
   ``triton`` backends work): what fusing those passes saves;
 - the recurrence alone through the autograd Function (no options);
-- the bare forward kernel, recurrence only, over all channels on one thread and cut into two halves on two
-  Python threads (no torch, no thread pool);
+- the bare per-channel forward kernel, recurrence only, over all channels on one thread and cut into two
+  halves on two Python threads (no torch, no thread pool), and the same for the channel-vectorised kernel;
 - torch's softplus on the same (b, d, L) tensor, for scale.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/scan_threads.py          # (1, 1536, 2048, 16)
     python benchmarks/scan_threads.py --shape 4,1536,1024,16 --repeats 7
+    python benchmarks/scan_threads.py --forward-only --repeats 9     # only the forward rows
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mambakit.ops import selective_scan
+from mambakit.ops import scan_cpu, scan_cpu_lanes, selective_scan
 from mambakit.ops.scan_common import kernel_layout, run_real_scan
 from mambakit.ops.scan_cpu import CHUNK, _FusedScan, _scan_forward_kernel
 
@@ -59,6 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="1,1536,2048,16", help="batch,dim,L,N")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--forward-only", action="store_true", help="skip the forward+backward rows")
     args = p.parse_args()
     b, d, L, N = (int(v) for v in args.shape.split(","))
     g = torch.Generator().manual_seed(0)
@@ -84,11 +88,28 @@ def main() -> None:
     def kernel(first: int, end: int) -> None:
         _scan_forward_kernel(*arrays, *absent, *b_index, *c_index, CHUNK, first, end, np.float32(0), *outs)
 
-    def kernel_two_threads() -> None:
-        other = threading.Thread(target=kernel, args=(pairs // 2, pairs))
+    lanes = min(scan_cpu_lanes.LANES, d)
+    blocks = scan_cpu_lanes.lane_blocks(b, d, b_index[2], c_index[2], lanes)
+
+    def lane_kernel(first: int, end: int) -> None:
+        scan_cpu_lanes._scan_forward_lanes_kernel(*arrays, *absent, b_index[0], b_index[2], c_index[0],
+                                                  c_index[2], CHUNK, lanes, blocks, first, end, np.float32(0),
+                                                  *outs)
+
+    def on_two_threads(fn, count: int) -> None:
+        other = threading.Thread(target=fn, args=(count // 2, count))
         other.start()
-        kernel(0, pairs // 2)
+        fn(0, count // 2)
         other.join()
+
+    def per_channel(fn):
+        def run():
+            scan_cpu.LANE_FORWARD = False
+            try:
+                return fn()
+            finally:
+                scan_cpu.LANE_FORWARD = True
+        return run
 
     def fused(*args):
         return selective_scan(*args, True, backend="cpu")
@@ -109,23 +130,29 @@ def main() -> None:
     print("|---|---|---|---|")
     rows = {
         "selective_scan(backend='cpu') forward, all fused": lambda: fused(*inputs),
+        "the same on the per-channel kernel (LANE_FORWARD = False)": per_channel(lambda: fused(*inputs)),
         "forward, torch prologue/epilogue around the kernel": lambda: torch_around_kernel(*inputs),
         "forward, recurrence only (no bias/softplus/D/gate)": lambda: recurrence_only(u, dt, A, B, C),
         "torch softplus(delta + bias)": lambda: F.softplus(delta + bias[:, None]),
         "selective_scan(backend='cpu') forward+backward, all fused": with_backward(fused),
         "forward+backward, torch prologue/epilogue around the kernels": with_backward(torch_around_kernel),
     }
-    bare = "bare forward kernel, recurrence only, channels split over Python threads"
+    if args.forward_only:
+        rows = {k: v for k, v in rows.items() if "backward" not in k}
+    bare = {"bare per-channel forward kernel, recurrence only, split over Python threads": (kernel, pairs),
+            "bare channel-vectorised forward kernel, the same": (lane_kernel, len(blocks))}
     results = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         with torch.no_grad():
             forward = interleaved_ms({k: v for k, v in rows.items() if "backward" not in k}, args.repeats)
-            forward[bare] = interleaved_ms({bare: (lambda: kernel(0, pairs)) if threads == 1
-                                            else kernel_two_threads}, args.repeats)[bare]
+            forward.update(interleaved_ms({
+                name: (lambda fn=fn, count=count: fn(0, count)) if threads == 1
+                else (lambda fn=fn, count=count: on_two_threads(fn, count))
+                for name, (fn, count) in bare.items()}, args.repeats))
         backward = interleaved_ms({k: v for k, v in rows.items() if "backward" in k}, args.repeats)
         results[threads] = {**forward, **backward}
-    for name in [*rows, bare]:
+    for name in [*rows, *bare]:
         (one, one_min), (two, two_min) = results[1][name], results[2][name]
         print(f"| {name} | {one:.1f} ({one_min:.1f}) | {two:.1f} ({two_min:.1f}) | {one / two:.2f}x |")
 

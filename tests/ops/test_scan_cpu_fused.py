@@ -1,7 +1,10 @@
 """The fused CPU scan (backend "cpu") does the bias, softplus, D·u skip and SiLU(z) gate inside its kernels:
 each of them, alone and together, against selective_scan_ref (outputs and every gradient), at the edges
 (delta before softplus in [-50, 50], one step, lengths across chunk boundaries), under float64 gradcheck,
-and without keeping dt or the ungated y for the backward pass."""
+and without keeping dt or the ungated y for the backward pass. The float32 forward with input-dependent B and
+C runs the channel-vectorised kernel (scan_cpu_lanes): its blocks of channels, its results against the
+reference and against the per-channel kernel (the chunk states the backward pass reads), partial blocks
+and group boundaries."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import torch.nn.functional as F
 from scan_inputs import random_scan_inputs
 from test_backends import _assert_close_relative, _outputs_and_grads, _stable
 
-from mambakit.ops import scan_cpu, selective_scan_ref
+from mambakit.ops import scan_cpu, scan_cpu_lanes, selective_scan_ref
+from mambakit.ops.scan_common import kernel_layout
 from mambakit.ops.scan_cpu import selective_scan_cpu, softplus_float32
 
 ALL_OPTIONS = list(itertools.product([False, True], repeat=4))   # (D, z, delta_bias, delta_softplus)
@@ -153,12 +157,128 @@ def test_backward_keeps_only_the_chunk_states_beyond_the_inputs():
 
 def test_absent_options_do_not_compile_new_kernel_variants():
     # D, z and delta_bias are passed as zero-size arrays when absent: one compiled kernel per dtype.
-    for options in ALL_OPTIONS:
+    # Both forward kernels: the per-channel one (C fixed) and the channel-vectorised one (B and C per step).
+    for options, c_layout in itertools.product(ALL_OPTIONS, ["fixed", "shared"]):
         with_D, with_z, with_bias, softplus = options
-        kwargs = random_scan_inputs(1, 2, 3, 4, b_layout="shared", c_layout="fixed", complex_A=False,
+        kwargs = random_scan_inputs(1, 2, 3, 4, b_layout="shared", c_layout=c_layout, complex_A=False,
                                     with_D=with_D, with_z=with_z, with_bias=with_bias, dtype=torch.float32)
         leaves = {k: v.requires_grad_(True) for k, v in kwargs.items() if v is not None}
         selective_scan_cpu(**leaves, delta_softplus=softplus).sum().backward()
-    for kernel in (scan_cpu._scan_forward_kernel, scan_cpu._scan_backward_kernel):
+    for kernel in (scan_cpu._scan_forward_kernel, scan_cpu._scan_backward_kernel,
+                   scan_cpu_lanes._scan_forward_lanes_kernel):
         float32 = [sig for sig in kernel.signatures if sig[0].dtype == scan_cpu.types.float32]
         assert len(float32) == 1, f"{kernel.__name__}: {len(float32)} float32 variants"
+
+
+# The channel-vectorised forward kernel (scan_cpu_lanes), which float32 with input-dependent B and C uses.
+
+@pytest.mark.parametrize("batch,dim,dpg_b,dpg_c,lanes", [
+    (2, 10, 10, 10, 4),    # lanes not dividing dim
+    (1, 6, 6, 6, 32),      # dim < lanes
+    (2, 15, 5, 15, 4),     # B in 3 groups of 5 channels, C shared: blocks of 4 and 1 per group
+    (1, 12, 4, 6, 5),      # B and C grouped differently: blocks end at either group's boundary
+    (3, 7, 1, 7, 4),       # one channel per group of B
+])
+def test_lane_blocks_cover_every_channel_once_within_one_group(batch, dim, dpg_b, dpg_c, lanes):
+    blocks = scan_cpu_lanes.lane_blocks(batch, dim, dpg_b, dpg_c, lanes)
+    covered = np.zeros((batch, dim), dtype=int)
+    for b, d0, d1 in blocks:
+        assert 0 < d1 - d0 <= lanes
+        assert d0 // dpg_b == (d1 - 1) // dpg_b and d0 // dpg_c == (d1 - 1) // dpg_c
+        covered[b, d0:d1] += 1
+    assert (covered == 1).all()
+
+
+def _count_lane_kernel_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    kernel = scan_cpu_lanes._scan_forward_lanes_kernel
+
+    def counting(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(scan_cpu_lanes, "_scan_forward_lanes_kernel", counting)
+    return calls
+
+
+LANE_CASES = {   # name: (batch, dim, N, L, groups, b_layout, c_layout, lanes)
+    "lanes-not-dividing-dim": (2, 10, 5, 9, 1, "shared", "shared", 4),
+    "dim-below-lanes": (1, 6, 4, 12, 1, "shared", "grouped", 32),
+    "groups-not-multiple-of-lanes": (2, 15, 3, 9, 3, "grouped", "grouped", 4),
+    "B-grouped-C-shared": (1, 12, 4, 5, 3, "grouped", "shared", 5),
+    "one-step": (2, 9, 3, 1, 3, "grouped", "shared", 4),
+    "exact-chunks": (1, 8, 6, 12, 2, "shared", "grouped", 3),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", list(LANE_CASES))
+def test_channel_vectorised_forward_matches_reference(case, dtype, monkeypatch):
+    # float64 stays on the per-channel kernel; float32 must go through the lane kernel.
+    batch, dim, N, L, groups, b_layout, c_layout, lanes = LANE_CASES[case]
+    monkeypatch.setattr(scan_cpu, "CHUNK", 4)
+    monkeypatch.setattr(scan_cpu_lanes, "LANES", lanes)
+    calls = _count_lane_kernel_calls(monkeypatch)
+    for seed, options in enumerate([(True, True, True, True), (False, False, False, False),
+                                    (True, False, True, True), (False, True, False, False)]):
+        with_D, with_z, with_bias, softplus = options
+        kwargs = random_scan_inputs(batch, dim, N, L, b_layout=b_layout, c_layout=c_layout, complex_A=False,
+                                    groups=groups, with_D=with_D, with_z=with_z, with_bias=with_bias,
+                                    seed=seed)
+        _compare(_stable(kwargs, softplus), softplus, dtype, f"{case} {_ids(options)}")
+    assert bool(calls) == (dtype == torch.float32)
+
+
+@pytest.mark.parametrize("case", list(LANE_CASES))
+def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case):
+    # The backward kernel reads the saved chunk states: both forward kernels must write the same ones.
+    batch, dim, N, L, groups, b_layout, c_layout, lanes = LANE_CASES[case]
+    kwargs = random_scan_inputs(batch, dim, N, L, b_layout=b_layout, c_layout=c_layout, complex_A=False,
+                                groups=groups, seed=11, dtype=torch.float32)
+    Bk, b_index = kernel_layout(kwargs["B"], dim)
+    Ck, c_index = kernel_layout(kwargs["C"], dim)
+    arrays = [kwargs[k].numpy() for k in ("u", "delta", "A")] + [Bk.numpy(), Ck.numpy()]
+    options = [kwargs[k].numpy() for k in ("D", "z", "delta_bias")] + [True]
+    chunk, zero = 4, np.float32(0)
+    results = []
+    for lane_kernel in (False, True):
+        outs = [np.full((batch, dim, L), np.nan, np.float32), np.full((batch, dim, -(-L // chunk), N), np.nan,
+                np.float32), np.full((batch, dim, N), np.nan, np.float32)]
+        if lane_kernel:
+            blocks = scan_cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
+            scan_cpu_lanes._scan_forward_lanes_kernel(*arrays, *options, b_index[0], b_index[2], c_index[0],
+                                                      c_index[2], chunk, lanes, blocks, 0, len(blocks), zero,
+                                                      *outs)
+        else:
+            scan_cpu._scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, 0, batch * dim, zero,
+                                          *outs)
+        results.append(outs)
+    for per_channel, lanes_out in zip(*results, strict=True):
+        assert np.isfinite(lanes_out).all()
+        np.testing.assert_allclose(lanes_out, per_channel, rtol=1e-5, atol=1e-5 * np.abs(per_channel).max())
+
+
+def test_lane_kernel_at_the_extremes():
+    # delta in [-50, 50] before softplus, |A| from 1e-3 to 1e3, large gates; lanes past the last channel.
+    L = 101
+    kwargs = random_scan_inputs(2, 5, 3, L, b_layout="grouped", c_layout="shared", complex_A=False, groups=5,
+                                seed=5)
+    kwargs["delta"] = torch.linspace(-50, 50, L, dtype=torch.float64).repeat(2, 5, 1)
+    kwargs["delta"][1] = kwargs["delta"][1].flip(-1)
+    kwargs["z"] = kwargs["z"] * 30
+    kwargs["A"] = kwargs["A"] * torch.logspace(-3, 3, 3, dtype=torch.float64)
+    _compare(kwargs, True, torch.float32, "lane kernel, extremes")
+
+
+def test_lane_kernel_exp2_is_accurate_and_exact_at_the_ends():
+    t = np.concatenate([np.linspace(-125, 127, 2_000_001, dtype=np.float32),
+                        np.random.default_rng(1).uniform(-30, 1, 200_000).astype(np.float32)])
+    got = scan_cpu_lanes.exp2_float32(t).astype(np.float64)
+    want = np.exp2(t.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 3e-7
+    special = scan_cpu_lanes.exp2_float32(
+        np.array([np.nan, -np.inf, np.inf, -127.6, -1e30, 127.6, 1e30, 0.0], dtype=np.float32))
+    assert np.isnan(special[0])
+    assert special[1] == 0.0 and special[3] == 0.0 and special[4] == 0.0
+    assert np.isposinf(special[2]) and np.isposinf(special[5]) and np.isposinf(special[6])
+    assert special[7] == 1.0

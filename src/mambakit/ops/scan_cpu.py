@@ -15,6 +15,10 @@ kept. The backward kernel recomputes dt, walks each chunk in reverse after recom
 dA, dB, dC, dD and d(delta_bias). So the memory kept for training is O(batch·dim·L·(1 + N / CHUNK)). The
 (batch·dim) pairs are split over ``torch.get_num_threads()`` threads (:mod:`mambakit.ops.cpu_threads`).
 
+In float32 with input-dependent B and C (Mamba's case) the forward pass runs
+:mod:`mambakit.ops.scan_cpu_lanes` instead: the same results, vectorised across blocks of channels that share
+B_t and C_t rather than across N, with no horizontal sum per step (``LANE_FORWARD`` switches it off).
+
 Absent D, z or delta_bias are passed to the kernels as zero-size arrays (the kernels test the size), so
 each kernel is compiled once per dtype, not once per combination of options.
 
@@ -39,6 +43,9 @@ from .cpu_threads import run_blocks, split_pairs
 from .scan_common import check_real_scan, kernel_layout
 
 CHUNK = 64  # steps between saved states; the backward pass keeps CHUNK × N states per thread
+# float32 forward with input-dependent B and C on the channel-vectorised kernel (scan_cpu_lanes); off: the
+# per-channel kernel everywhere (for comparing the two in tests and benchmarks).
+LANE_FORWARD = True
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no 'nnan'/'ninf': infinities and NaN must survive
 
 # float32 exp constants (Cody-Waite split of ln 2 and a minimax polynomial for exp on [-ln2/2, ln2/2]).
@@ -402,6 +409,8 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index):
+        from . import scan_cpu_lanes  # here, not at the top: that module imports this one's exp and softplus
+
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = CHUNK
@@ -412,11 +421,22 @@ class _FusedScan(torch.autograd.Function):
         options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), softplus]
         zero = arrays[0].dtype.type(0)
         outs = [t.numpy() for t in (out, states, last)]
+        work = batch * dim * L * N
+        if LANE_FORWARD and scan_cpu_lanes.uses_lane_kernel(zero.dtype, b_index, c_index):
+            lanes = min(scan_cpu_lanes.LANES, dim)
+            blocks = scan_cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
 
-        def block(_, first, end):
-            _scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, first, end, zero, *outs)
+            def lane_block(_, first, end):
+                scan_cpu_lanes._scan_forward_lanes_kernel(
+                    *arrays, *options, b_index[0], b_index[2], c_index[0], c_index[2], chunk, lanes, blocks,
+                    first, end, zero, *outs)
 
-        run_blocks(block, *split_pairs(batch * dim, batch * dim * L * N))
+            run_blocks(lane_block, *split_pairs(len(blocks), work))
+        else:
+            def block(_, first, end):
+                _scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, first, end, zero, *outs)
+
+            run_blocks(block, *split_pairs(batch * dim, work))
         ctx.save_for_backward(u, delta, A, Bk, Ck, D, z, delta_bias, states)
         ctx.softplus, ctx.b_index, ctx.c_index, ctx.chunk = softplus, b_index, c_index, chunk
         return out, last
