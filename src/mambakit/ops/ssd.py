@@ -12,7 +12,8 @@ Heads h with head dimension p, state size N, and groups g of heads sharing B and
   mask L[t, s] = exp(Δ_{s+1}A + ... + Δ_t A) for s <= t (0 above the diagonal) comes from segment sums.
 - :func:`ssd_chunked` splits the sequence into chunks: the quadratic form inside each chunk, the recurrence
   over the chunks' end states between them. Its heavy parts are batched matmuls, and nothing larger than
-  one chunk's (chunk, chunk) mask per head is ever materialised.
+  one chunk's (chunk, chunk) mask per head is ever materialised. It runs in
+  :mod:`mambakit.ops.ssd_chunked`, an autograd function with a hand-written backward.
 
 :func:`ssd` (alias :func:`mamba_chunk_scan_combined`) takes the official argument layout and picks a form;
 :func:`ssd_state_update` is one step of the recurrence, for generation.
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from .._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
 from ..errors import ConfigError, DTypeError, ShapeError
+from .ssd_chunked import chunked_ssd
 
 _NO_LIMIT = (0.0, math.inf)
 _METHODS = ("chunked", "quadratic", "ref")
@@ -318,6 +320,10 @@ def ssd_chunked(
     Per chunk and head: the output inside the chunk (a (Q, Q) masked matmul), the chunk's contribution to
     the state at its end, a recurrence carrying states from chunk to chunk, and each chunk's output from the
     state it starts with. Heads of one group share their C Bᵀ and their B/C matmuls.
+
+    The work is done by :class:`mambakit.ops.ssd_chunked.ChunkedSSD`, whose backward is written by hand
+    (batched matmuls, recomputing from the inputs, the chunk start states and the output before the gate);
+    Δ's bias, softplus and clamp stay outside it, so autograd differentiates them exactly as it would here.
     """
     dims = _check_args(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx)
     _check_dt_limit(dt_limit)
@@ -325,8 +331,7 @@ def ssd_chunked(
         raise ConfigError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
     dtype = _compute_dtype(x)
     mm_dtype = _matmul_dtype(x)
-    b, length, h, p, g, n = dims.batch, dims.length, dims.heads, dims.headdim, dims.groups, dims.state
-    r = h // g                                                       # heads per group
+    b, length, h, p, n = dims.batch, dims.length, dims.heads, dims.headdim, dims.state
     delta = _step_sizes(dt, dt_bias, dt_softplus, dt_limit, dtype)  # (b, L, h)
     if length == 0:
         final = (initial_states.to(dtype) if initial_states is not None
@@ -334,73 +339,8 @@ def ssd_chunked(
         out = x.new_zeros(x.shape)
         return (out, final) if return_final_states else out
 
-    Q = min(chunk_size, length)
-    nc = -(-length // Q)                                             # number of chunks
-    pad = nc * Q - length                                            # padded steps: Δ = 0, no input, no decay
-
-    def chunks(t: torch.Tensor) -> torch.Tensor:                     # (b, L, ...) -> (b, nc, Q, ...)
-        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
-        return t.reshape(b, nc, Q, *t.shape[2:])
-
-    a_cum = chunks(delta * A.to(dtype)).permute(0, 1, 3, 2).cumsum(-1)    # (b, nc, h, Q) log-decay from start
-    xdt = chunks((x.to(dtype) * delta[..., None]).to(mm_dtype))          # (b, nc, Q, h, p)
-    # Bᵀ stored contiguously: a transposed left operand halves the speed of CPU batched matmuls.
-    Bc_T = chunks(B.to(mm_dtype)).permute(0, 1, 3, 4, 2).contiguous()    # (b, nc, g, n, Q)
-    Cc = chunks(C.to(mm_dtype)).permute(0, 1, 3, 2, 4)                   # (b, nc, g, Q, n)
-    if seq_idx is not None:                                    # padded steps continue the last sequence
-        seq = torch.cat([seq_idx, seq_idx[:, -1:].expand(b, pad)], dim=1).view(b, nc, Q)
-        seq_end = seq[:, :, -1]                                          # sequence at each chunk's end
-        # The sequence each chunk's start state belongs to.
-        seq_before = torch.cat([seq[:, :1, 0], seq_end[:, :-1]], dim=1)
-
-    # (1) Inside each chunk: y = (L ∘ C Bᵀ) Δx with the chunk's own (Q, Q) decay mask.
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    keep = causal if seq_idx is None else causal & (seq[..., :, None] == seq[..., None, :])[:, :, None]
-    log_mask = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~keep, -math.inf)
-    CB = Cc @ Bc_T                                                       # (b, nc, g, Q, Q), once per group
-    M = (torch.exp(log_mask).view(b, nc, g, r, Q, Q) * CB[:, :, :, None]).to(mm_dtype).view(b, nc, h, Q, Q)
-    xdt_heads = xdt.permute(0, 1, 3, 2, 4)                               # (b, nc, h, Q, p)
-    y_inside = M @ xdt_heads                                             # (b, nc, h, Q, p)
-
-    # (2) Each chunk's contribution to the state at its end, per group as (N, heads-in-group · p) matmuls.
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)                          # (b, nc, h, Q)
-    if seq_idx is not None:
-        to_end = to_end * (seq == seq_end[..., None]).to(dtype)[:, :, None]
-    xdt_to_end = (xdt * to_end.permute(0, 1, 3, 2)[..., None]).to(mm_dtype)   # (b, nc, Q, h, p)
-    xdt_to_end = xdt_to_end.view(b, nc, Q, g, r * p).permute(0, 1, 3, 2, 4)   # (b, nc, g, Q, r·p)
-    chunk_states = (Bc_T @ xdt_to_end).to(dtype)                     # (b, nc, g, n, r·p): states transposed
-
-    # (3) Between chunks: carry the state from each chunk's start to its end (a short recurrence over chunks).
-    chunk_decay = torch.exp(a_cum[..., -1]).view(b, nc, g, 1, r, 1)     # (b, nc, g, 1, r, 1)
-    if seq_idx is not None:                                    # a chunk ending a new sequence drops it
-        chunk_decay = chunk_decay * (seq_end == seq_before).to(dtype).view(b, nc, 1, 1, 1, 1)
-    if initial_states is not None:                                      # (b, h, p, n) -> (b, g, n, r, p)
-        state = initial_states.to(dtype).view(b, g, r, p, n).permute(0, 1, 4, 2, 3)
-    else:
-        state = x.new_zeros(b, g, n, r, p, dtype=dtype)
-    starts = []
-    # unbind, not indexing: autograd then stacks the per-chunk gradients once instead of once per chunk.
-    increments = chunk_states.view(b, nc, g, n, r, p).unbind(1)
-    for decay_c, increment_c in zip(chunk_decay.unbind(1), increments, strict=True):
-        starts.append(state)
-        state = torch.addcmul(increment_c, decay_c, state)
-    start_states = torch.stack(starts, dim=1).to(mm_dtype).view(b, nc, g, n, r * p)
-
-    # (4) Each chunk's output from the state it starts with: C_t H_start, decayed to t.
-    from_start = torch.exp(a_cum)                                        # (b, nc, h, Q)
-    if seq_idx is not None:
-        from_start = from_start * (seq == seq_before[..., None]).to(dtype)[:, :, None]
-    y_from_start = (Cc @ start_states).view(b, nc, g, Q, r, p)          # (b, nc, g, Q, r, p)
-    y_from_start = y_from_start * from_start.view(b, nc, g, r, Q).permute(0, 1, 2, 4, 3)[..., None]
-
-    y = (y_inside.permute(0, 1, 3, 2, 4).to(dtype)
-         + y_from_start.permute(0, 1, 3, 2, 4, 5).reshape(b, nc, Q, h, p))
-    y = y.reshape(b, nc * Q, h, p)[:, :length]
-    out = _skip_and_gate(y, x, D, z)
-    if not return_final_states:
-        return out
-    final = state.permute(0, 1, 3, 4, 2).reshape(b, h, p, n)            # (b, g, n, r, p) -> (b, h, p, n)
-    return out, final
+    out, final = chunked_ssd(x, delta, A, B, C, chunk_size, D, z, initial_states, seq_idx, mm_dtype)
+    return (out, final) if return_final_states else out
 
 
 # ------------------------------------------------------------------------------------------
