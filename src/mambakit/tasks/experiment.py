@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..models.config import MambaConfig
 from ..models.lm import MambaLMHeadModel
 from ..models.mixers import available_mixers
+from .batch import check_int
 from .chunked import last_position_accuracy
 from .induction_heads import InductionHeads
 from .selective_copying import SelectiveCopying
@@ -310,9 +311,7 @@ def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dic
 
 
 def _check_induction_settings(s: InductionHeadsSettings) -> None:
-    if isinstance(s.skip_after_chance, bool) or not isinstance(s.skip_after_chance, int) \
-            or s.skip_after_chance < 0:
-        raise ConfigError(f"skip_after_chance: expected an integer >= 0, got {s.skip_after_chance!r}")
+    check_int("skip_after_chance", s.skip_after_chance, 0)
     lengths = list(s.curriculum_lengths)
     if any(isinstance(L, bool) or not isinstance(L, int) or not 3 <= L < s.train_len for L in lengths):
         raise ConfigError(
@@ -320,9 +319,8 @@ def _check_induction_settings(s: InductionHeadsSettings) -> None:
         )
     if lengths != sorted(set(lengths)):
         raise ConfigError(f"curriculum_lengths: expected increasing lengths, got {lengths}")
-    if lengths and (isinstance(s.curriculum_steps, bool) or not isinstance(s.curriculum_steps, int)
-                    or s.curriculum_steps < 1):
-        raise ConfigError(f"curriculum_steps: expected an integer >= 1, got {s.curriculum_steps!r}")
+    if lengths:
+        check_int("curriculum_steps", s.curriculum_steps, 1)
     if lengths and not 0 < s.curriculum_accuracy <= 1:
         raise ConfigError(f"curriculum_accuracy: expected a number in (0, 1], got {s.curriculum_accuracy!r}")
 
