@@ -329,7 +329,7 @@ def test_thread_pool_works_in_a_forked_child():
 def test_float32_exp_of_cpu_kernels_is_accurate_and_saturates_like_exp():
     import numpy as np
 
-    from mambakit.ops.scan_cpu import exp_float32
+    from mambakit.ops.cpu_math import exp_float32
 
     x = np.concatenate([np.linspace(-100, 100, 400_001, dtype=np.float32),
                         np.random.default_rng(0).uniform(-20, 0, 100_000).astype(np.float32)])

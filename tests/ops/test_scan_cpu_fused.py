@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,9 @@ from scan_inputs import random_scan_inputs
 from test_backends import _assert_close_relative, _outputs_and_grads, _stable
 
 from mambakit.ops import scan_cpu, scan_cpu_lanes, selective_scan_ref
+from mambakit.ops.cpu_math import softplus_float32
 from mambakit.ops.scan_common import kernel_layout
-from mambakit.ops.scan_cpu import selective_scan_cpu, softplus_float32
+from mambakit.ops.scan_cpu import selective_scan_cpu
 
 ALL_OPTIONS = list(itertools.product([False, True], repeat=4))   # (D, z, delta_bias, delta_softplus)
 
@@ -166,7 +168,7 @@ def test_absent_options_do_not_compile_new_kernel_variants():
         selective_scan_cpu(**leaves, delta_softplus=softplus).sum().backward()
     for kernel in (scan_cpu._scan_forward_kernel, scan_cpu._scan_backward_kernel,
                    scan_cpu_lanes._scan_forward_lanes_kernel):
-        float32 = [sig for sig in kernel.signatures if sig[0].dtype == scan_cpu.types.float32]
+        float32 = [sig for sig in kernel.signatures if sig[0].dtype == numba.types.float32]
         assert len(float32) == 1, f"{kernel.__name__}: {len(float32)} float32 variants"
 
 

@@ -20,8 +20,8 @@ from numba import njit
 from .._checks import check_same_device, check_same_real_dtype, check_tensor
 from ..errors import DeviceError
 from .conv1d import _check_common
+from .cpu_math import _FASTMATH, _exp
 from .cpu_threads import run_blocks, split_pairs
-from .scan_cpu import _FASTMATH, _exp
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)

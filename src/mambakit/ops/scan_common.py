@@ -63,6 +63,15 @@ def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_b
     return (out, last) if return_last_state else out
 
 
+def empty_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, dtype: torch.dtype):
+    """(out, last_state) for L = 0: nothing to scan. The sum keeps every input in the graph, so each
+    gradient is zeros of the input's shape."""
+    batch, dim, _ = u.shape
+    inputs = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    out = u.new_zeros(batch, dim, 0, dtype=dtype) + 0 * sum(t.to(dtype).sum() for t in inputs)
+    return out, u.new_zeros(batch, dim, A.shape[1], dtype=dtype)
+
+
 def kernel_layout(X: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """B or C as one contiguous (batch or 1, groups, L or 1, N) tensor for a fused kernel, plus
     (batch_select, time_select, channels_per_group): (b, d, t) reads row b·batch_select, group
@@ -85,9 +94,8 @@ def kernel_core(kernel: type[torch.autograd.Function]) -> ScanCore:
 
     def core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
         batch, dim, L = u.shape
-        if L == 0:  # nothing to scan; the sums keep A, B and C in the graph so their gradients are zeros
-            y = u.new_zeros(batch, dim, 0) + 0 * (A.sum() + B.sum() + C.sum())
-            return y, u.new_zeros(batch, dim, A.shape[1])
+        if L == 0:
+            return empty_scan(u, dt, A, B, C, dtype=u.dtype)
         Bk, b_index = kernel_layout(B, dim)
         Ck, c_index = kernel_layout(C, dim)
         return kernel.apply(u.contiguous(), dt.contiguous(), A.contiguous(), Bk, Ck, b_index, c_index)

@@ -23,176 +23,25 @@ Absent D, z or delta_bias are passed to the kernels as zero-size arrays (the ker
 each kernel is compiled once per dtype, not once per combination of options.
 
 Speed: the forward pass does batch·dim·L·N exponentials, which bound it on CPUs (see docs/benchmarks.md).
-numba's ``np.exp`` is a scalar libm call here, so float32 uses our own exp (Cody-Waite range reduction and a
-degree-7 polynomial, relative error below 6e-7, exactly 0 / inf / NaN where exp underflows, overflows or gets
-NaN) that LLVM vectorises over the N lanes of the state, and our own log1p for the softplus (series of
-atanh; softplus relative error below 5e-7), vectorised over L; float64 keeps libm's exp and log1p.
+numba's ``np.exp`` is a scalar libm call here, so float32 uses the vectorisable exp and softplus of
+:mod:`.cpu_math` (over the N lanes of the state and along L); float64 keeps libm's.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba import njit
 
+from . import scan_cpu_lanes
+from .cpu_math import _FASTMATH, _exp, _sigmoid, _softplus, _softplus_grad
 from .cpu_threads import run_blocks, split_pairs
-from .scan_common import check_real_scan, kernel_layout
+from .scan_common import check_real_scan, empty_scan, kernel_layout
 
 CHUNK = 64  # steps between saved states; the backward pass keeps CHUNK × N states per thread
 # float32 forward with input-dependent B and C on the channel-vectorised kernel (scan_cpu_lanes); off: the
 # per-channel kernel everywhere (for comparing the two in tests and benchmarks).
 LANE_FORWARD = True
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no 'nnan'/'ninf': infinities and NaN must survive
-
-# float32 exp constants (Cody-Waite split of ln 2 and a minimax polynomial for exp on [-ln2/2, ln2/2]).
-_F32 = np.float32
-_EXP_HI = _F32(88.72283)     # above: exp overflows float32
-_EXP_LO = _F32(-87.33654)    # below: exp is under the smallest normal float32; we return 0
-_LOG2E = _F32(1.4426950408889634)
-_LN2_HI = _F32(0.693359375)
-_LN2_LO = _F32(-2.12194440e-4)
-_P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
-_P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
-_HALF, _ONE, _ZERO, _INF = _F32(0.5), _F32(1.0), _F32(0.0), _F32(np.inf)
-_MAX_EXP2 = _F32(127.0)
-
-
-@intrinsic
-def _int32_bits_as_float32(typingctx, bits):
-    """Reinterpret the bits of an int32 as a float32 (a no-op cast LLVM can vectorise)."""
-    if bits != types.int32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@njit(fastmath=_FASTMATH, inline="always", cache=True)
-def _exp_float32(v):
-    """exp(v) for float32 v, branch-free so the loops that call it vectorise."""
-    x = min(max(v, _EXP_LO), _EXP_HI)
-    k = min(np.floor(x * _LOG2E + _HALF), _MAX_EXP2)
-    r = x - k * _LN2_HI - k * _LN2_LO
-    p = _P0
-    p = p * r + _P1
-    p = p * r + _P2
-    p = p * r + _P3
-    p = p * r + _P4
-    p = p * r + _P5
-    p = p * r * r + r + _ONE
-    two_to_k = _int32_bits_as_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
-    result = p * two_to_k
-    result = _ZERO if v < _EXP_LO else result
-    result = _INF if v > _EXP_HI else result
-    return v if v != v else result  # NaN in, NaN out
-
-
-def _exp(v):
-    """exp, dispatched on the scalar type when compiled (float32: ours; float64: libm)."""
-    return math.exp(v)
-
-
-@overload(_exp, inline="always")
-def _exp_overload(v):
-    if v == types.float32:
-        return lambda v: _exp_float32(v)
-    return lambda v: math.exp(v)
-
-
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _exp_float32_kernel(x, out):
-    for i in range(x.shape[0]):
-        out[i] = _exp(x[i])
-
-
-def exp_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The kernels' float32 exp over a 1-D float32 array, one thread (for tests and benchmarks)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x) if out is None else out
-    _exp_float32_kernel(x, out)
-    return out
-
-
-# float32 log1p on [0, 1]: log(1 + y) = 2·atanh(s), s = y / (2 + y) in [0, 1/3], by the series
-# 2·(s + s^3/3 + ... + s^13/13); the first term left out is below 1.5e-8 relative.
-_ATANH_COEFFS = tuple(_F32(1.0 / k) for k in (13, 11, 9, 7, 5, 3))
-_C13, _C11, _C9, _C7, _C5, _C3 = _ATANH_COEFFS
-_TWO = _F32(2.0)
-_SOFTPLUS_THRESHOLD = 20.0   # softplus(x) = x above it, as torch's default threshold
-
-
-@njit(fastmath=_FASTMATH, inline="always", cache=True)
-def _log1p_unit_float32(y):
-    """log(1 + y) for float32 y in [0, 1], accurate for tiny y, branch-free."""
-    s = y / (_TWO + y)
-    s2 = s * s
-    p = _C13
-    p = p * s2 + _C11
-    p = p * s2 + _C9
-    p = p * s2 + _C7
-    p = p * s2 + _C5
-    p = p * s2 + _C3
-    return _TWO * s * (p * s2 + _ONE)
-
-
-def _softplus(x):
-    """softplus with torch's threshold (x above 20), dispatched on the scalar type when compiled.
-
-    float32: max(x, 0) + log1p(exp(-|x|)), which never overflows; above 20 the log1p term is under half an
-    ulp of x, so it already returns x there without a threshold (and inf for inf, NaN for NaN).
-    """
-    return x if x > _SOFTPLUS_THRESHOLD else max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-@overload(_softplus)
-def _softplus_overload(x):
-    if x == types.float32:
-        return lambda x: max(x, _ZERO) + _log1p_unit_float32(_exp_float32(-abs(x)))
-    return lambda x: x if x > _SOFTPLUS_THRESHOLD else max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-def _sigmoid(x):
-    """1 / (1 + exp(-x)), dispatched on the scalar type when compiled; 0 or 1 where exp overflows."""
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-@overload(_sigmoid)
-def _sigmoid_overload(x):
-    if x == types.float32:
-        return lambda x: _ONE / (_ONE + _exp_float32(-x))
-    return lambda x: 1.0 / (1.0 + math.exp(-x))
-
-
-def _softplus_grad(x):
-    """d softplus / dx: sigmoid(x), and 1 above the threshold (in float32, sigmoid is exactly 1 there)."""
-    return 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
-
-
-@overload(_softplus_grad)
-def _softplus_grad_overload(x):
-    if x == types.float32:
-        return lambda x: _ONE / (_ONE + _exp_float32(-x))
-    return lambda x: 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
-
-
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _softplus_float32_kernel(x, out):
-    for i in range(x.shape[0]):
-        out[i] = _softplus(x[i])
-
-
-def softplus_float32(x: np.ndarray) -> np.ndarray:
-    """The kernels' float32 softplus over a 1-D float32 array, one thread (for tests)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    _softplus_float32_kernel(x, out)
-    return out
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -409,8 +258,6 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index):
-        from . import scan_cpu_lanes  # here, not at the top: that module imports this one's exp and softplus
-
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = CHUNK
@@ -476,14 +323,6 @@ class _FusedScan(torch.autograd.Function):
                 None, None, None)
 
 
-def _empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype):
-    """L = 0: nothing to scan. The sum keeps every input in the graph, so its gradient is zeros."""
-    batch, dim, _ = u.shape
-    inputs = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
-    out = u.new_zeros(batch, dim, 0, dtype=dtype) + 0 * sum(t.to(dtype).sum() for t in inputs)
-    return out, u.new_zeros(batch, dim, A.shape[1], dtype=dtype)
-
-
 def selective_scan_cpu(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -510,7 +349,7 @@ def selective_scan_cpu(
     dtype = check_real_scan("cpu", u, delta, A, B, C, D, z, delta_bias, device_type="cpu")
     dim, L = u.shape[1], u.shape[2]
     if L == 0:
-        out, last = _empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype)
+        out, last = empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype=dtype)
     else:
         def prep(t):
             return None if t is None else t.to(dtype).contiguous()

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .scan_cpu import _FASTMATH, _LOG2E, _int32_bits_as_float32, _sigmoid, _softplus
+from .cpu_math import _FASTMATH, _LOG2E, _int32_bits_as_float32, _sigmoid, _softplus
 
 LANES = 32   # channels per block; faster than 8, 16 and 64 on AVX2 (one thread, (1, 768, 2048, 16))
 
