@@ -81,7 +81,9 @@ def main() -> None:
     y, last = torch.empty(b, d, L), torch.empty(b, d, N)
     states = torch.empty(b, d, -(-L // CHUNK), N)
     arrays = [t.numpy() for t in (u, dt, A, Bk, Ck)]
-    absent = [np.empty(0, np.float32), np.empty((0, 0, 0), np.float32), np.empty(0, np.float32), False]
+    # D, z, delta_bias and the initial state absent (zero-size arrays); no softplus
+    absent = [np.empty(0, np.float32), np.empty((0, 0, 0), np.float32), np.empty(0, np.float32),
+              np.empty((0, 0, 0), np.float32), False]
     outs = [t.numpy() for t in (y, states, last)]
     pairs = b * d
 

@@ -231,8 +231,9 @@ def test_channel_vectorised_forward_matches_reference(case, dtype, monkeypatch):
     assert bool(calls) == (dtype == torch.float32)
 
 
+@pytest.mark.parametrize("with_initial_state", [False, True], ids=["from-zero", "initial-state"])
 @pytest.mark.parametrize("case", list(LANE_CASES))
-def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case):
+def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case, with_initial_state):
     # The backward kernel reads the saved chunk states: both forward kernels must write the same ones.
     batch, dim, N, L, groups, b_layout, c_layout, lanes = LANE_CASES[case]
     kwargs = random_scan_inputs(batch, dim, N, L, b_layout=b_layout, c_layout=c_layout, complex_A=False,
@@ -240,7 +241,9 @@ def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case):
     Bk, b_index = kernel_layout(kwargs["B"], dim)
     Ck, c_index = kernel_layout(kwargs["C"], dim)
     arrays = [kwargs[k].numpy() for k in ("u", "delta", "A")] + [Bk.numpy(), Ck.numpy()]
-    options = [kwargs[k].numpy() for k in ("D", "z", "delta_bias")] + [True]
+    h0 = (np.random.default_rng(12).standard_normal((batch, dim, N)).astype(np.float32) if with_initial_state
+          else np.empty((0, 0, 0), np.float32))
+    options = [kwargs[k].numpy() for k in ("D", "z", "delta_bias")] + [h0, True]
     chunk, zero = 4, np.float32(0)
     results = []
     for lane_kernel in (False, True):
@@ -255,6 +258,8 @@ def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case):
             scan_cpu._scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, 0, batch * dim, zero,
                                           *outs)
         results.append(outs)
+    if with_initial_state:
+        np.testing.assert_array_equal(results[1][1][:, :, 0], h0)   # the first saved state is h0
     for per_channel, lanes_out in zip(*results, strict=True):
         assert np.isfinite(lanes_out).all()
         np.testing.assert_allclose(lanes_out, per_channel, rtol=1e-5, atol=1e-5 * np.abs(per_channel).max())

@@ -14,8 +14,9 @@ name          device      complex A    notes
 ``triton``    CUDA        no           fused Triton kernels; needs ``triton``
 ============  ==========  ===========  =============================================
 
-A backend that cannot take complex A hands such calls to ``ref`` (correct, never a silent wrong answer).
-``"auto"`` picks ``cpu`` on the CPU, ``triton`` on CUDA where Triton imports, ``chunked`` elsewhere.
+All of them take an ``initial_state`` (keyword-only). A backend that cannot take complex A hands such calls
+to ``ref`` (correct, never a silent wrong answer). ``"auto"`` picks ``cpu`` on the CPU, ``triton`` on CUDA
+where Triton imports, ``chunked`` elsewhere.
 """
 
 from __future__ import annotations

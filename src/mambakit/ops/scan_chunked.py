@@ -7,9 +7,9 @@ scan (Hillis and Steele, "Data parallel algorithms", 1986): after the step with 
 holds the combined decay and input of the last 2s steps. Only products of decays appear, never their
 inverses, so the scan is as stable as the loop for any step sizes (the cumulative-log-decay form
 ``exp(S_t - S_tau)`` overflows in float32 once a chunk's decays span more than ~88 nats). Between chunks a
-short sequential pass carries the state. At most one chunk of (batch, dim, K, N) is alive: under
-autograd each chunk is checkpointed (recomputed in the backward pass), so training keeps only the states at
-chunk boundaries.
+short sequential pass carries the state, from zeros or a given initial state. At most one chunk of
+(batch, dim, K, N) is alive: under autograd each chunk is checkpointed (recomputed in the backward pass), so
+training keeps only the states at chunk boundaries.
 """
 
 from __future__ import annotations
@@ -72,13 +72,14 @@ def _scan_chunk(h0: torch.Tensor, u: torch.Tensor, dt: torch.Tensor, A: torch.Te
     return (h * Cc).sum(-1), h[:, :, -1].clone()  # a copy: a view would keep the whole chunk alive
 
 
-def _chunked_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
-    """(y, last_state) of the bare recurrence, chunk by chunk."""
+def _chunked_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  h0: torch.Tensor | None = None):
+    """(y, last_state) of the bare recurrence from h0 (batch, dim, N; None: zeros), chunk by chunk."""
     batch, dim, L = u.shape
-    h = u.new_zeros(batch, dim, A.shape[1])
+    h = u.new_zeros(batch, dim, A.shape[1]) if h0 is None else h0
     if L == 0:  # nothing to scan; the sums keep A, B and C in the graph so their gradients are zeros
-        return u.new_zeros(batch, dim, 0) + 0 * (A.sum() + B.sum() + C.sum()), h
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C))
+        return u.new_zeros(batch, dim, 0) + 0 * (A.sum() + B.sum() + C.sum()), h.clone()
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C, h))
     chunk = _chunk_length(batch, dim, A.shape[1])
     B_chunks, C_chunks = _split_steps(B, chunk), _split_steps(C, chunk)
     ys = []
@@ -102,16 +103,18 @@ def selective_scan_chunked(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    *,
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Chunked selective scan in torch; arguments, results and gradients as :func:`selective_scan_ref`.
 
     Args:
         u, delta, z: (batch, dim, L); A: real (dim, N); B, C: (dim, N), (batch, N, L) or
-        (batch, groups, N, L); D, delta_bias: (dim,). Complex A raises DTypeError (``selective_scan``
-        hands it to ``ref``).
+        (batch, groups, N, L); D, delta_bias: (dim,); initial_state: (batch, dim, N) state to start from
+        (default zeros). Complex A raises DTypeError (``selective_scan`` hands it to ``ref``).
 
     Returns:
         out (batch, dim, L) in u's dtype, and with ``return_last_state`` the last state (batch, dim, N).
     """
     return run_real_scan(_chunked_core, "chunked", u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                         return_last_state)
+                         return_last_state, initial_state=initial_state)

@@ -2,7 +2,7 @@
 backends whose kernels run only the core recurrence) the prologue and epilogue in differentiable torch.
 
 The core of the ``chunked`` and ``triton`` backends computes, for real A, ``y_t = <C_t, h_t>`` with
-``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``.
+``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` from h_{-1} = 0 or a given initial state.
 Before it: the bias and softplus on delta; after it: the skip term ``D·u`` and the ``SiLU(z)`` gate; these are
 O(1) per (batch, channel, step) and autograd differentiates them (:func:`run_real_scan`). The ``cpu``
 backend does all of it inside its kernels and uses only :func:`check_real_scan` and :func:`kernel_layout`.
@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from ..errors import DeviceError, DTypeError
 from .selective_scan import _compute_dtype, check_scan_args
 
-# core(u, dt, A, B, C) -> (y, last_state); u, dt (batch, dim, L) in the compute dtype, B and C as given.
-ScanCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-                    tuple[torch.Tensor, torch.Tensor]]
+# core(u, dt, A, B, C[, h0]) -> (y, last_state), all in the compute dtype: u, dt (batch, dim, L), B and C in
+# the caller's layout; h0, the initial state (batch, dim, N), is passed only when given (a core that takes no
+# h0 starts from zeros).
+ScanCore = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_type: str | None = None
-                    ) -> torch.dtype:
+def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_type: str | None = None,
+                    initial_state: torch.Tensor | None = None) -> torch.dtype:
     """Validate the arguments of a real-A backend (see ``selective_scan_ref``) and return the compute dtype
     (float64 if any input is float64, else float32).
 
@@ -32,29 +33,31 @@ def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_ty
         ShapeError, DTypeError, DeviceError: naming the bad argument; DTypeError also for complex A, and
         DeviceError when ``device_type`` (the one device type the backend runs on; None: any) is not u's.
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if A.is_complex():
         raise DTypeError(f"A: the {backend!r} backend needs a real A, got {A.dtype}; "
                          f"use backend='auto' or 'ref' for complex A")
     if device_type is not None and u.device.type != device_type:
         raise DeviceError(f"u: the {backend!r} backend runs on {device_type}, got tensors on {u.device}")
-    return _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    return _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
 
 
 def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
-                  return_last_state: bool, device_type: str | None = None):
+                  return_last_state: bool, device_type: str | None = None,
+                  initial_state: torch.Tensor | None = None):
     """Check the arguments, apply the prologue, run ``core``, apply the epilogue; see ``selective_scan_ref``.
 
     ``device_type``: the one device type the backend runs on (None: any).
     """
-    dtype = check_real_scan(backend, u, delta, A, B, C, D, z, delta_bias, device_type)
+    dtype = check_real_scan(backend, u, delta, A, B, C, D, z, delta_bias, device_type, initial_state)
     uf = u.to(dtype)
     dt = delta.to(dtype)
     if delta_bias is not None:
         dt = dt + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    y, last = core(uf, dt, A.to(dtype), B.to(dtype), C.to(dtype))
+    args = (uf, dt, A.to(dtype), B.to(dtype), C.to(dtype))
+    y, last = core(*args) if initial_state is None else core(*args, initial_state.to(dtype))
     if D is not None:
         y = y + uf * D.to(dtype)[:, None]
     if z is not None:
@@ -63,12 +66,15 @@ def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_b
     return (out, last) if return_last_state else out
 
 
-def empty_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, dtype: torch.dtype):
-    """(out, last_state) for L = 0: nothing to scan. The sum keeps every input in the graph, so each
-    gradient is zeros of the input's shape."""
+def empty_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, dtype: torch.dtype,
+               initial_state: torch.Tensor | None = None):
+    """(out, last_state) for L = 0: nothing to scan, the last state is the initial one (zeros by default).
+    The sum keeps every input in the graph, so each gradient is zeros of the input's shape."""
     batch, dim, _ = u.shape
     inputs = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     out = u.new_zeros(batch, dim, 0, dtype=dtype) + 0 * sum(t.to(dtype).sum() for t in inputs)
+    if initial_state is not None:   # a copy, not the caller's tensor
+        return out, initial_state.to(dtype, copy=True)
     return out, u.new_zeros(batch, dim, A.shape[1], dtype=dtype)
 
 
@@ -90,14 +96,17 @@ def kernel_layout(X: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, i
 
 def kernel_core(kernel: type[torch.autograd.Function]) -> ScanCore:
     """A ``core`` for :func:`run_real_scan` from a fused kernel's autograd Function, which takes
-    ``(u, dt, A, Bk, Ck, b_index, c_index)`` with B and C in :func:`kernel_layout`."""
+    ``(u, dt, A, Bk, Ck, b_index, c_index, h0)`` with B and C in :func:`kernel_layout` and h0 the initial
+    state (batch, dim, N) or None (zeros)."""
 
-    def core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
+    def core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             h0: torch.Tensor | None = None):
         batch, dim, L = u.shape
         if L == 0:
-            return empty_scan(u, dt, A, B, C, dtype=u.dtype)
+            return empty_scan(u, dt, A, B, C, dtype=u.dtype, initial_state=h0)
         Bk, b_index = kernel_layout(B, dim)
         Ck, c_index = kernel_layout(C, dim)
-        return kernel.apply(u.contiguous(), dt.contiguous(), A.contiguous(), Bk, Ck, b_index, c_index)
+        h0 = None if h0 is None else h0.contiguous()
+        return kernel.apply(u.contiguous(), dt.contiguous(), A.contiguous(), Bk, Ck, b_index, c_index, h0)
 
     return core

@@ -3,7 +3,7 @@
 The kernels compute all of :func:`~mambakit.ops.selective_scan.selective_scan_ref` for real A,
 
     dt_t  = softplus(delta_t + delta_bias)               (bias and softplus optional)
-    h_t   = exp(dt_t · A) ⊙ h_{t-1} + dt_t · u_t · B_t,
+    h_t   = exp(dt_t · A) ⊙ h_{t-1} + dt_t · u_t · B_t,    h_{-1} = 0 or the given initial state,
     out_t = (<C_t, h_t> + D · u_t) · silu(z_t)           (D and the gate optional),
 
 one (batch row, channel) pair at a time with the state h (N numbers) held in cache, so the (batch, dim, L, N)
@@ -19,8 +19,13 @@ In float32 with input-dependent B and C (Mamba's case) the forward pass runs
 :mod:`mambakit.ops.scan_cpu_lanes` instead: the same results, vectorised across blocks of channels that share
 B_t and C_t rather than across N, with no horizontal sum per step (``LANE_FORWARD`` switches it off).
 
-Absent D, z or delta_bias are passed to the kernels as zero-size arrays (the kernels test the size), so
-each kernel is compiled once per dtype, not once per combination of options.
+Absent D, z, delta_bias or initial state are passed to the kernels as zero-size arrays (the kernels test
+the size), so each kernel is compiled once per dtype, not once per combination of options.
+
+An initial state h_{-1} is where the forward recurrence starts, and so it is the first saved chunk state,
+from which the backward pass recomputes. The backward walk ends with the gradient of the loss with respect
+to h_{-1}: at each step t it turns the gradient of h_t into that of h_{t-1} by multiplying by
+∂h_t/∂h_{t-1} = exp(dt_t · A), so after step 0, d(initial state) = exp(dt_0 · A) ⊙ (∂loss/∂h_0).
 
 Speed: the forward pass does batch·dim·L·N exponentials, which bound it on CPUs (see docs/benchmarks.md).
 numba's ``np.exp`` is a scalar libm call here, so float32 uses the vectorisable exp and softplus of
@@ -63,18 +68,18 @@ def _steps(delta_row, bias_d, softplus, dt, dt_grad):
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel,
-                         dpg_c, chunk, first_pair, end_pair, zero, out, states, last):
+def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t_sel, dpg_b, c_b_sel,
+                         c_t_sel, dpg_c, chunk, first_pair, end_pair, zero, out, states, last):
     """out[b, d, t] = (<C_t, h_t> + D[d]·u) · silu(z); states[b, d, c] = h before step c·chunk; last = h_L.
 
     Runs the (batch row, channel) pairs ``first_pair <= b·dim + d < end_pair``. D, bias: (dim,) or empty
-    (absent); z: like u or empty. Bk, Ck: (batch or 1, groups, L or 1, N); row b·b_sel, group d // dpg_b,
-    step t·t_sel serve (b, d, t).
+    (absent); z: like u or empty; h0: the initial state (batch, dim, N), or empty (zeros). Bk, Ck: (batch or
+    1, groups, L or 1, N); row b·b_sel, group d // dpg_b, step t·t_sel serve (b, d, t).
     """
     dim, L = u.shape[1], u.shape[2]
     N = A.shape[1]
     n_chunks = (L + chunk - 1) // chunk
-    has_D, has_z, has_bias = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0
+    has_D, has_z, has_bias, has_h0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, h0.shape[0] > 0
     h = np.empty(N, dtype=u.dtype)
     dt = np.empty(L, dtype=u.dtype)
     no_grad = np.empty(0, dtype=u.dtype)
@@ -87,7 +92,10 @@ def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel
         u_row = u[b, d]
         out_row = out[b, d]
         _steps(delta[b, d], bias[d] if has_bias else zero, softplus, dt, no_grad)
-        h[:] = zero
+        if has_h0:
+            h[:] = h0[b, d]
+        else:
+            h[:] = zero
         for c in range(n_chunks):
             states[b, d, c, :] = h
             for t in range(c * chunk, min(L, (c + 1) * chunk)):
@@ -116,17 +124,19 @@ def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel,
                           dpg_c, chunk, first_pair, end_pair, zero, states, dout, dlast,
-                          du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part):
+                          du, ddelta, dz, dh0, dA_part, dB_part, dC_part, dD_part, dbias_part):
     """Gradients of the forward kernel's (out, last) for the upstream gradients (dout, dlast).
 
-    Runs the pairs ``first_pair <= b·dim + d < end_pair``: writes their du, ddelta and (with z) dz, all
-    (batch, dim, L), and adds their contributions into dA_part (dim, N), dB_part (like Bk), dC_part (like
-    Ck), dD_part and dbias_part ((dim,), or empty when D / bias is absent): the running thread's own partial
-    sums (threads share channels and groups, so each has its own and the caller adds them up).
+    The recomputation starts from the saved chunk states (the first one is the initial state). Runs the
+    pairs ``first_pair <= b·dim + d < end_pair``: writes their du, ddelta and (with z) dz, all (batch, dim,
+    L), their d(initial state) into dh0 (batch, dim, N) unless it is empty, and adds their contributions
+    into dA_part (dim, N), dB_part (like Bk), dC_part (like Ck), dD_part and dbias_part ((dim,), or empty
+    when D / bias is absent): the running thread's own partial sums (threads share channels and groups, so
+    each has its own and the caller adds them up).
     """
     dim, L = u.shape[1], u.shape[2]
     N = A.shape[1]
-    has_D, has_z, has_bias = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0
+    has_D, has_z, has_bias, has_dh0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, dh0.shape[0] > 0
     n_chunks = (L + chunk - 1) // chunk
     H = np.empty((chunk + 1, N), dtype=u.dtype)   # H[i + 1] = state after step t0 + i of the chunk walked
     E = np.empty((chunk, N), dtype=u.dtype)       # decays exp(dt_t · A) of that chunk
@@ -225,6 +235,8 @@ def _scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_se
                     dCs[tc, n] += g * H[i + 1, n]
         for n in range(N):
             dA_part[d, n] += dA_acc[n]
+        if has_dh0:   # after step 0's walk back, dh is the gradient of the state before it
+            dh0[b, d, :] = dh
         if has_z:   # d out / d z = y · silu'(z), silu'(z) = s·(1 + z·(1 - s)), s = sigmoid(z)
             z_row = z[b, d]
             dz_row = dz[b, d]
@@ -250,14 +262,15 @@ def _or_empty(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> np.ndarr
 
 
 class _FusedScan(torch.autograd.Function):
-    """(u, delta, A, Bk, Ck, D, z, delta_bias) -> (out, last_state) with the fused kernels.
+    """(u, delta, A, Bk, Ck, D, z, delta_bias, initial_state) -> (out, last_state) with the fused kernels.
 
-    All tensors contiguous, on the CPU, in one real dtype; D, z, delta_bias may be None; B and C in
+    All tensors contiguous, on the CPU, in one real dtype; D, z, delta_bias, initial_state may be None
+    (initial_state last, so callers without it may leave it out); B and C in
     :func:`~mambakit.ops.scan_common.kernel_layout`.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index):
+    def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index, initial_state=None):
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = CHUNK
@@ -265,7 +278,8 @@ class _FusedScan(torch.autograd.Function):
         states = torch.empty(batch, dim, -(-L // chunk), N, dtype=u.dtype)
         last = torch.empty(batch, dim, N, dtype=u.dtype)
         arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
-        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), softplus]
+        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1),
+                   _or_empty(initial_state, u, 3), softplus]
         zero = arrays[0].dtype.type(0)
         outs = [t.numpy() for t in (out, states, last)]
         work = batch * dim * L * N
@@ -284,8 +298,10 @@ class _FusedScan(torch.autograd.Function):
                 _scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, first, end, zero, *outs)
 
             run_blocks(block, *split_pairs(batch * dim, work))
+        # No need to keep initial_state: it is states[:, :, 0], where the backward pass recomputes from.
         ctx.save_for_backward(u, delta, A, Bk, Ck, D, z, delta_bias, states)
         ctx.softplus, ctx.b_index, ctx.c_index, ctx.chunk = softplus, b_index, c_index, chunk
+        ctx.has_initial_state = initial_state is not None
         return out, last
 
     @staticmethod
@@ -300,6 +316,7 @@ class _FusedScan(torch.autograd.Function):
         workers, blocks = split_pairs(batch * dim, 3 * batch * dim * L * N)
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
         dz = torch.empty_like(u) if z is not None else None
+        dh0 = torch.empty(batch, dim, N, dtype=u.dtype) if ctx.has_initial_state else None
         # One partial sum per thread for what several threads add to.
         dA_part = torch.zeros((workers, *A.shape), dtype=u.dtype)
         dB_part = torch.zeros((workers, *Bk.shape), dtype=u.dtype)
@@ -309,7 +326,8 @@ class _FusedScan(torch.autograd.Function):
         arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
         options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), ctx.softplus]
         zero = arrays[0].dtype.type(0)
-        grads = [t.numpy() for t in (states, dout, dlast, du, ddelta)] + [_or_empty(dz, u, 3)]
+        grads = [t.numpy() for t in (states, dout, dlast, du, ddelta)] + [_or_empty(dz, u, 3),
+                                                                          _or_empty(dh0, u, 3)]
         parts = [t.numpy() for t in (dA_part, dB_part, dC_part, dD_part, dbias_part)]
 
         def block(i, first, end):
@@ -320,7 +338,7 @@ class _FusedScan(torch.autograd.Function):
         dD = dD_part.sum(0) if D is not None else None
         dbias = dbias_part.sum(0) if delta_bias is not None else None
         return (du, ddelta, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0), dD, dz, dbias,
-                None, None, None)
+                None, None, None, dh0)
 
 
 def selective_scan_cpu(
@@ -334,22 +352,26 @@ def selective_scan_cpu(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    *,
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fused CPU selective scan; arguments, results and gradients as :func:`selective_scan_ref`.
 
     Args:
         u, delta, z: (batch, dim, L) on the CPU; A: real (dim, N); B, C: (dim, N), (batch, N, L) or
-        (batch, groups, N, L); D, delta_bias: (dim,). Complex A raises DTypeError (``selective_scan``
-        hands it to ``ref``). bfloat16 / float16 inputs are computed in float32.
+        (batch, groups, N, L); D, delta_bias: (dim,); initial_state: (batch, dim, N) state to start from
+        (default zeros). Complex A raises DTypeError (``selective_scan`` hands it to ``ref``). bfloat16 /
+        float16 inputs are computed in float32.
 
     Returns:
         out (batch, dim, L) in u's dtype, and with ``return_last_state`` the last state (batch, dim, N) in
         the compute dtype (float32 or float64).
     """
-    dtype = check_real_scan("cpu", u, delta, A, B, C, D, z, delta_bias, device_type="cpu")
+    dtype = check_real_scan("cpu", u, delta, A, B, C, D, z, delta_bias, device_type="cpu",
+                            initial_state=initial_state)
     dim, L = u.shape[1], u.shape[2]
     if L == 0:
-        out, last = empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype=dtype)
+        out, last = empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype=dtype, initial_state=initial_state)
     else:
         def prep(t):
             return None if t is None else t.to(dtype).contiguous()
@@ -357,6 +379,7 @@ def selective_scan_cpu(
         Bk, b_index = kernel_layout(B.to(dtype), dim)
         Ck, c_index = kernel_layout(C.to(dtype), dim)
         out, last = _FusedScan.apply(prep(u), prep(delta), prep(A), Bk, Ck, prep(D), prep(z),
-                                     prep(delta_bias), bool(delta_softplus), b_index, c_index)
+                                     prep(delta_bias), bool(delta_softplus), b_index, c_index,
+                                     prep(initial_state))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

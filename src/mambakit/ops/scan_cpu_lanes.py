@@ -13,8 +13,9 @@ with B[t, n] and C[t, n] broadcast over the channel lanes: contiguous lane-wide 
 horizontal sum. The channels' rows of u, delta and z are (batch, dim, L), so each chunk of ``CHUNK`` steps is
 staged: dt = softplus(delta + bias) along each channel's row (contiguous, vectorised), then copied into
 step-major (chunk, lanes) tiles; the chunk's y goes back through a (lanes, chunk) tile to the rows, where
-D·u and the SiLU(z) gate are applied along each row. Lanes past the block's last channel hold dt = u = 0
-(so their state stays 0) and are never written out.
+D·u and the SiLU(z) gate are applied along each row. The tile starts from the channels' initial states
+(zeros when none is given). Lanes past the block's last channel start at 0 and hold dt = u = 0 (so their
+state stays 0) and are never written out.
 
 The decays are computed as 2^(dt · A·log2(e)) with A·log2(e) precomputed per block: rounding to the
 nearest integer k leaves f in [-1/2, 1/2] exactly, 2^f is a degree-5 polynomial (relative error below 2e-7
@@ -94,20 +95,32 @@ def lane_blocks(batch: int, dim: int, channels_per_group_b: int, channels_per_gr
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
+@njit(nogil=True, fastmath=_FASTMATH, cache=True, inline="never")
+def _load_states(h, h0, b, d0, width, zero):
+    """h (N, lanes) = the initial states h0[b, d0 + w] of the block's channels w < width, 0 beyond. Out of
+    line: written inside the kernel, this loop made the kernel about 3% slower even without an initial
+    state (measured; LLVM laid out the kernel's loops differently)."""
+    h[:, :] = zero
+    for w in range(width):
+        for n in range(h.shape[0]):
+            h[n, w] = h0[b, d0 + w, n]
+
+
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, dpg_b, c_b_sel, dpg_c,
+def _scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, dpg_b, c_b_sel, dpg_c,
                                chunk, lanes, blocks, first_block, end_block, zero, out, states, last):
     """The per-channel forward kernel's (out, states, last) for the blocks ``first_block <= i < end_block``
     of ``blocks`` (rows (b, d0, d1) from :func:`lane_blocks`, at most ``lanes`` channels each).
 
-    u, delta: (batch, dim, L); D, bias: (dim,) or empty (absent); z: like u or empty. Bk, Ck: (batch or 1,
-    groups, L, N); row b·b_sel, group d // dpg_b serve (b, d). out: like u; states: (batch, dim,
-    ceil(L / chunk), N), the state before each chunk; last: (batch, dim, N).
+    u, delta: (batch, dim, L); D, bias: (dim,) or empty (absent); z: like u or empty; h0: the initial state
+    (batch, dim, N), or empty (zeros). Bk, Ck: (batch or 1, groups, L, N); row b·b_sel, group d // dpg_b
+    serve (b, d). out: like u; states: (batch, dim, ceil(L / chunk), N), the state before each chunk; last:
+    (batch, dim, N).
     """
     L = u.shape[2]
     N = A.shape[1]
     n_chunks = (L + chunk - 1) // chunk
-    has_D, has_z, has_bias = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0
+    has_D, has_z, has_bias, has_h0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, h0.shape[0] > 0
     h = np.empty((N, lanes), dtype=u.dtype)        # the block's states, one row per state index n
     A_tile = np.empty((N, lanes), dtype=u.dtype)   # A·log2(e), transposed to the same layout
     dt_tile = np.empty((chunk, lanes), dtype=u.dtype)
@@ -121,7 +134,10 @@ def _scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel,
         for n in range(N):
             for w in range(lanes):
                 A_tile[n, w] = A[d0 + w, n] * _LOG2E if w < width else zero
-        h[:, :] = zero
+        if has_h0:
+            _load_states(h, h0, b, d0, width, zero)
+        else:
+            h[:, :] = zero
         dt_tile[:, :] = zero
         x_tile[:, :] = zero
         for c in range(n_chunks):

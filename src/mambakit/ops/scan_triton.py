@@ -1,11 +1,13 @@
 """Fused selective scan in Triton (backend ``"triton"``), for CUDA GPUs.
 
 The same algorithm as the fused CPU backend (:mod:`mambakit.ops.scan_cpu`): one program per (batch row,
-block of BLOCK_D channels) keeps the (BLOCK_D, N) state in registers while it walks L, writes y, the last
-state and the state at every chunk boundary; the backward program walks the chunks in reverse, recomputing
-each chunk's states from its saved start into a (batch, dim, CHUNK, N) scratch buffer, then walks the chunk
-backwards. Gradients of B and C (shared by channels) and of A (shared by batch rows) are summed with atomic
-adds. The bias, softplus, D and the SiLU(z) gate stay in torch (:mod:`mambakit.ops.scan_common`).
+block of BLOCK_D channels) keeps the (BLOCK_D, N) state in registers while it walks L (starting from zeros or
+the given initial state), writes y, the last state and the state at every chunk boundary; the backward
+program walks the chunks in reverse, recomputing each chunk's states from its saved start into a (batch,
+dim, CHUNK, N) scratch buffer, then walks the chunk backwards, ending with the gradient of the initial state
+(that of the state before step 0). Gradients of B and C (shared by channels) and of A (shared by batch
+rows) are summed with atomic adds. The bias, softplus, D and the SiLU(z) gate stay in torch
+(:mod:`mambakit.ops.scan_common`).
 
 Triton is optional: without it this module still imports and ``selective_scan_triton`` raises a
 ConfigError saying so. On machines without a GPU the kernels run under the Triton interpreter
@@ -31,17 +33,21 @@ BLOCK_D = 16
 if triton is not None:
 
     @triton.jit
-    def _forward_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, y_ptr, states_ptr, last_ptr,
+    def _forward_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, states_ptr, last_ptr,
                         dim, L, N, n_chunks,
                         sB0, sB1, sB2, dpg_b, sC0, sC1, sC2, dpg_c,
-                        CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                        CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                        HAS_H0: tl.constexpr):
         b = tl.program_id(0)
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         n = tl.arange(0, BLOCK_N)
         md = d < dim
         m2 = md[:, None] & (n < N)[None, :]
         A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0)
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=A.dtype)
+        if HAS_H0:   # h0_ptr: the initial state (batch, dim, N); otherwise unused
+            h = tl.load(h0_ptr + (b * dim + d)[:, None] * N + n[None, :], mask=m2, other=0.0)
+        else:
+            h = tl.zeros((BLOCK_D, BLOCK_N), dtype=A.dtype)
         row = (b * dim + d) * L
         B_rows = B_ptr + b * sB0 + (d // dpg_b)[:, None] * sB1 + n[None, :]
         C_rows = C_ptr + b * sC0 + (d // dpg_c)[:, None] * sC1 + n[None, :]
@@ -59,10 +65,11 @@ if triton is not None:
 
     @triton.jit
     def _backward_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, states_ptr, dy_ptr, dlast_ptr, scratch_ptr,
-                         du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr,
+                         du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dh0_ptr,
                          dim, L, N, n_chunks,
                          sB0, sB1, sB2, dpg_b, sC0, sC1, sC2, dpg_c,
-                         CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                         CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HAS_H0: tl.constexpr):
         b = tl.program_id(0)
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         n = tl.arange(0, BLOCK_N)
@@ -113,6 +120,8 @@ if triton is not None:
                 dh = dhn * decay
             tl.debug_barrier()
         tl.atomic_add(dA_ptr + d[:, None] * N + n[None, :], dA_acc, mask=m2)
+        if HAS_H0:   # after step 0, dh is the gradient of the state before it: the initial state's
+            tl.store(dh0_ptr + (b * dim + d)[:, None] * N + n[None, :], dh, mask=m2)
 
 
 def _strides(Xk: torch.Tensor, index: tuple[int, int, int]) -> tuple[int, int, int, int]:
@@ -122,8 +131,10 @@ def _strides(Xk: torch.Tensor, index: tuple[int, int, int]) -> tuple[int, int, i
 
 
 class _TritonScan(torch.autograd.Function):
+    """(u, dt, A, Bk, Ck, b_index, c_index, h0) -> (y, last_state); h0: the initial state or None."""
+
     @staticmethod
-    def forward(ctx, u, dt, A, Bk, Ck, b_index, c_index):
+    def forward(ctx, u, dt, A, Bk, Ck, b_index, c_index, h0=None):
         batch, dim, L = u.shape
         N = A.shape[1]
         n_chunks = triton.cdiv(L, CHUNK)
@@ -131,11 +142,13 @@ class _TritonScan(torch.autograd.Function):
         states = torch.empty(batch, dim, n_chunks, N, dtype=u.dtype, device=u.device)
         last = torch.empty(batch, dim, N, dtype=u.dtype, device=u.device)
         grid = (batch, triton.cdiv(dim, BLOCK_D))
-        _forward_kernel[grid](u, dt, A, Bk, Ck, y, states, last, dim, L, N, n_chunks,
-                              *_strides(Bk, b_index), *_strides(Ck, c_index),
-                              CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=triton.next_power_of_2(N))
+        _forward_kernel[grid](u, dt, A, Bk, Ck, last if h0 is None else h0, y, states, last, dim, L, N,
+                              n_chunks, *_strides(Bk, b_index), *_strides(Ck, c_index),
+                              CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=triton.next_power_of_2(N),
+                              HAS_H0=h0 is not None)
+        # h0 itself is not kept: it is states[:, :, 0], where the backward pass recomputes from.
         ctx.save_for_backward(u, dt, A, Bk, Ck, states)
-        ctx.b_index, ctx.c_index = b_index, c_index
+        ctx.b_index, ctx.c_index, ctx.has_h0 = b_index, c_index, h0 is not None
         return y, last
 
     @staticmethod
@@ -150,12 +163,14 @@ class _TritonScan(torch.autograd.Function):
         scratch = torch.empty(batch, dim, CHUNK, N, dtype=u.dtype, device=u.device)
         du, ddt = torch.empty_like(u), torch.empty_like(u)
         dA, dB, dC = torch.zeros_like(A), torch.zeros_like(Bk), torch.zeros_like(Ck)
+        dh0 = torch.empty_like(dlast) if ctx.has_h0 else None
         grid = (batch, triton.cdiv(dim, BLOCK_D))
         _backward_kernel[grid](u, dt, A, Bk, Ck, states, dy, dlast, scratch, du, ddt, dA, dB, dC,
-                               dim, L, N, states.shape[2],
+                               dlast if dh0 is None else dh0, dim, L, N, states.shape[2],
                                *_strides(Bk, ctx.b_index), *_strides(Ck, ctx.c_index),
-                               CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=triton.next_power_of_2(N))
-        return du, ddt, dA, dB, dC, None, None
+                               CHUNK=CHUNK, BLOCK_D=BLOCK_D, BLOCK_N=triton.next_power_of_2(N),
+                               HAS_H0=ctx.has_h0)
+        return du, ddt, dA, dB, dC, None, None, dh0
 
 
 _triton_core = kernel_core(_TritonScan)
@@ -172,12 +187,15 @@ def selective_scan_triton(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    *,
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fused Triton selective scan; arguments, results and gradients as :func:`selective_scan_ref`.
 
     Args:
         u, delta, z: (batch, dim, L) on a CUDA device (any device under the Triton interpreter); A: real
-        (dim, N); B, C: (dim, N), (batch, N, L) or (batch, groups, N, L); D, delta_bias: (dim,).
+        (dim, N); B, C: (dim, N), (batch, N, L) or (batch, groups, N, L); D, delta_bias: (dim,);
+        initial_state: (batch, dim, N) state to start from (default zeros).
 
     Raises:
         ConfigError: Triton is not installed.
@@ -186,4 +204,4 @@ def selective_scan_triton(
         raise ConfigError("backend: 'triton' needs the triton package (pip install triton), which is not "
                           "installed; use backend='auto', 'chunked' or 'cpu'")
     return run_real_scan(_triton_core, "triton", u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                         return_last_state)
+                         return_last_state, initial_state=initial_state)

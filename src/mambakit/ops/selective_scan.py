@@ -7,6 +7,8 @@ For every batch row b and channel d, with a state h of size N (Mamba paper, Algo
     y_t  = <C_t, h_t> + D · u_t                    (for complex A: 2·Re<C_t, h_t>)
     out  = y · silu(z)                              (gate optional)
 
+with h_{-1} = 0, or the given ``initial_state`` (a state carried over from an earlier part of the sequence).
+
 Layouts follow the official implementation: u, delta, z are (batch, dim, L); A is (dim, N); B and C are
 time-invariant (dim, N), input-dependent (batch, N, L), or grouped (batch, groups, N, L). For complex A,
 input-dependent B and C are real tensors holding interleaved (re, im) pairs along L (length 2·L).
@@ -59,7 +61,7 @@ def _check_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, L: int, 
         check_shape(name, X, (batch, groups, N, Lx), "grouped (batch, groups, N, L)")
 
 
-def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
+def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None) -> None:
     """Validate the arguments of a selective scan; raises a mambakit error naming the argument."""
     check_tensor("u", u, ndim=3)
     batch, dim, L = u.shape
@@ -80,7 +82,14 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
     if delta_bias is not None:
         check_tensor("delta_bias", delta_bias, ndim=1)
         check_shape("delta_bias", delta_bias, (dim,))
-    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    if initial_state is not None:
+        # Like A (and the last state returned), any real precision; complex exactly when A is complex.
+        check_tensor("initial_state", initial_state, ndim=3, complex_ok=A.is_complex())
+        check_shape("initial_state", initial_state, (batch, dim, N), "(batch, dim, N)")
+        if A.is_complex() and not initial_state.is_complex():
+            raise DTypeError(f"initial_state: must be complex when A is complex, got {initial_state.dtype}")
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                      initial_state=initial_state)
     variable = {"B": B, "C": C} if A.is_complex() else {k: v for k, v in (("B", B), ("C", C)) if v.dim() > 2}
     check_same_real_dtype(u=u, delta=delta, z=z, **variable)
 
@@ -110,6 +119,8 @@ def selective_scan_ref(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    *,
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference selective scan: a readable loop over time, exact in float64.
 
@@ -123,13 +134,16 @@ def selective_scan_ref(
         delta_bias: optional (dim,) added to delta before the softplus.
         delta_softplus: apply softplus to delta.
         return_last_state: also return the final state h_L, (batch, dim, N).
+        initial_state: optional (batch, dim, N) state h_{-1} to start from (default zeros), complex exactly
+            when A is complex: scanning x from the last state of a scan over a prefix equals scanning the
+            concatenation [prefix, x]. Differentiable.
 
     Returns:
         out (batch, dim, L) in u's dtype; with ``return_last_state``, ``(out, last_state)`` where
         ``last_state`` is float32/float64 (complex for complex A).
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, L = u.shape
     complex_A = A.is_complex()
 
@@ -143,7 +157,10 @@ def selective_scan_ref(
     Bf = _expand_bc(B, dim, complex_A, dtype)
     Cf = _expand_bc(C, dim, complex_A, dtype)
 
-    h = torch.zeros(batch, dim, A.shape[1], dtype=Af.dtype, device=u.device)
+    if initial_state is None:
+        h = torch.zeros(batch, dim, A.shape[1], dtype=Af.dtype, device=u.device)
+    else:  # a copy: for L = 0 the state returned must not be the caller's tensor
+        h = initial_state.to(Af.dtype, copy=True)
     ys = []
     for t in range(L):
         dt_t = dt[:, :, t, None]                                   # (batch, dim, 1)
@@ -173,6 +190,8 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     backend: str = "auto",
+    *,
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with a choice of implementation; arguments and results as :func:`selective_scan_ref`.
 
@@ -182,7 +201,8 @@ def selective_scan(
     from .backends import resolve_backend
 
     fn = resolve_backend(backend, u, A)
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+              initial_state=initial_state)
 
 
 def selective_state_update(

@@ -2,21 +2,15 @@
 from one chunk to the next: the memory of a chunk, the speed of the parallel scan.
 
 The mixer protocol's ``forward(..., state)`` always starts from a zero state, and ``step`` costs a Python
-round trip per token (hours at L = 2^20). Here a chunk continues from a given state instead, using that the
-selective SSM is linear in its initial state h0 (Mamba paper, eq. 2a with Δ, B, C fixed by the inputs):
-
-    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t   ⇒   h_t = h_t[h0 = 0] + exp(A · Σ_{s<=t} Δ_s) ⊙ h0
-    y_t = C_t · h_t + D x_t,   out_t = y_t · SiLU(z_t)
-
-so the scan from zero (any backend of :func:`mambakit.ops.selective_scan`) plus a closed-form h0 term gives
-the exact continuation. The causal convolution continues from the last d_conv − 1 inputs kept in
-``conv_state``.
+round trip per token (hours at L = 2^20). Here a chunk continues from a given state instead: the selective
+scan starts from the layer's carried SSM state (``selective_scan(..., initial_state=h0)``, Mamba paper eq. 2a
+with h_{-1} = h0) and returns the state after the chunk, so each chunk costs one ordinary scan of its
+length. The causal convolution continues from the last d_conv − 1 inputs kept in ``conv_state``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..layers.mamba import MambaBlock
@@ -47,31 +41,22 @@ def mamba_block_continue(
         block.x_proj(x.transpose(1, 2)), [block.dt_rank, block.d_state, block.d_state], dim=-1
     )
     dt = (dt @ block.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, T)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    A = -torch.exp(block.A_log.to(compute))
-    dt_bias = block.dt_proj.bias.to(compute)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32  # as MambaBlock.forward
     y, last = selective_scan(
         x,
         dt,
-        A,
+        -torch.exp(block.A_log.to(compute)),
         B.transpose(1, 2),
         C.transpose(1, 2),
-        delta_bias=dt_bias,
+        D=block.D.to(compute),
+        z=z,
+        delta_bias=block.dt_proj.bias.to(compute),
         delta_softplus=True,
         return_last_state=True,
         backend=block.scan_backend,
+        initial_state=state["ssm_state"],
     )
-    h0 = state["ssm_state"].to(compute)
-    delta = F.softplus(dt.to(compute) + dt_bias[:, None])  # (batch, d_inner, T)
-    # decay = exp(A · Σ_{s<=t} Δ_s), (batch, d_inner, T, N), the largest tensor here: built and used in place.
-    # The exponent is floored where exp is negligible anyway (< 1e-34): subnormals are very slow on CPUs.
-    floor = -700.0 if compute == torch.float64 else -80.0
-    decay = (delta.cumsum(-1)[..., None] * A[:, None, :]).clamp_(min=floor).exp_()
-    new_ssm_state = last.to(compute) + decay[:, :, -1] * h0  # before decay is overwritten below
-    y_h0 = decay.mul_(h0[:, :, None, :]).mul_(C.to(compute)[:, None]).sum(-1)  # C_t · (decay_t ⊙ h0)
-    y = y.to(compute) + y_h0 + block.D.to(compute)[:, None] * x.to(compute)
-    y = (y * F.silu(z.to(compute))).to(x.dtype)
-    state["ssm_state"].copy_(new_ssm_state)  # last: h0 may be a view of it
+    state["ssm_state"].copy_(last)
     return block.out_proj(y.transpose(1, 2))
 
 
