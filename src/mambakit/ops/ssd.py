@@ -317,6 +317,8 @@ def ssd_chunked(
     """Chunked SSD: the quadratic form inside chunks of ``chunk_size`` steps, the recurrence between chunks.
 
     Same arguments and results as :func:`ssd_ref`, plus ``chunk_size`` (>= 1; L need not be a multiple).
+    The result does not depend on the chunk size (up to rounding); on CPU, chunks longer than 64 steps run
+    as chunks of 64, which costs least there (see :mod:`mambakit.ops.ssd_chunked`).
     Per chunk and head: the output inside the chunk (a (Q, Q) masked matmul), the chunk's contribution to
     the state at its end, a recurrence carrying states from chunk to chunk, and each chunk's output from the
     state it starts with. Heads of one group share their C Bᵀ and their B/C matmuls.

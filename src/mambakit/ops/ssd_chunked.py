@@ -10,12 +10,18 @@ chunk and the log-decay a_t = Δ_t·A:
     y_t = Σ_s L[t, s] (C_t·B_s) Δ_s x_s + e_t C_t H        inside the chunk + from the start state
     H' = exp(c_{Q-1}) H + Σ_s w_s Δ_s x_s B_sᵀ             the next chunk's start state
 
+Chunk length: the result does not depend on it (up to rounding), only the cost does. The state matmuls
+cost the same at any length and the inside product grows with it, so on CPU chunks longer than
+_LONGEST_CHUNK (64) steps run as chunks of 64, Mamba-2's default of 256 included (other devices run the
+length asked for: not measured there).
+
 Forward: per chunk, C Bᵀ once per group, (L ∘ C Bᵀ)(Δx) per head, the chunk's state increment and the
 output from the start state per group as (N, heads-in-group · p) matmuls, and a short recurrence over the
-chunks. Where every chunk's decay stays within e^±60 (float32; e^±600 float64), L[t, s] = u_t v_s with
-u = exp(c - c_{Q-1}), v = exp(c_{Q-1} - c) is a product of normal floats, and the inside product becomes
-u ∘ ((C Bᵀ)(v ∘ Δx)), one matmul per group with no per-head (Q, Q) tensor at all; otherwise (strong decays,
-or half-precision matmuls) the per-head masked form runs.
+chunks. Where every chunk's decays stay within e^±60 of their middle m = (c_0 + c_{Q-1}) / 2 (float32,
+so a chunk may decay by up to e^120; e^±600 float64), L[t, s] = u_t v_s with u = exp(c - m), v = exp(m - c)
+is a product of normal floats, and the inside product becomes u ∘ ((C Bᵀ)(v ∘ Δx)), one matmul per group
+with no per-head (Q, Q) tensor at all; otherwise (stronger decays, or half-precision matmuls) the per-head
+masked form runs.
 
 Backward runs the same matmuls transposed. It recomputes everything from the inputs, the chunk start states
 (batch, chunks, heads, p, N) and the SSD output y before the skip and gate, which are saved: y gives the
@@ -27,7 +33,9 @@ rest of their backward), and both passes work through the masked form in cache-s
 Layouts: the "sequence layout" (batch, chunks, Q, heads, p) of x is kept for the per-group matmuls (for
 one group, heads·p is a contiguous row); only the per-head (Q, Q) @ (Q, p) matmuls use a head-major copy
 (batch, chunks, heads, Q, p), written in the same pass that multiplies by Δ. Large temporaries are
-written in place or into reused buffers: on CPU a fresh multi-MiB tensor costs its page faults. Packed
+written in place or into reused buffers: on CPU a fresh multi-MiB tensor costs its page faults. The
+recurrences over chunks run in place, one in-cache update per chunk, in a buffer one chunk's state longer
+than the states, where each result lands on the slot of the term it no longer needs. Packed
 sequences (seq_idx) multiply the decays by 0/1 masks of "same sequence"; the derivation is unchanged because
 every decay enters only through its masked value.
 """
@@ -139,25 +147,28 @@ def _slabs(count: int, item_bytes: int) -> list[slice]:
     return [slice(i, min(i + step, count)) for i in range(0, count, step)]
 
 
-# Largest |c_t - c_{Q-1}| for which a head's decay mask is used in factored form (see _split_heads).
+# Largest |c_t - m| (m the chunk's middle decay, see _split_heads) for which a head's decay mask is used in
+# factored form: its factors then lie in [e^-60, e^60] (float32), leaving e^±27 of range for the products.
 _FACTOR_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 
 
 def _split_heads(c: torch.Tensor, mm_dtype: torch.dtype):
-    """Which heads take the factored form: L[t, s] = exp(c_t - c_s) = u_t v_s with u = exp(c - c_{Q-1}) and
-    v = exp(c_{Q-1} - c), (b, nc, Q, h) each, where every factor of the head is a normal float
-    (|c_t - c_{Q-1}| <= _FACTOR_LIMIT in every chunk).
+    """Which heads take the factored form: L[t, s] = exp(c_t - c_s) = u_t v_s with u = exp(c - m) and
+    v = exp(m - c), (b, nc, Q, h) each, m = (c_0 + c_{Q-1}) / 2 the middle of each chunk's (and head's)
+    decays, where every factor of the head is a normal float (|c_t - m| <= _FACTOR_LIMIT in every chunk, so
+    a chunk may decay by up to e^120 in float32). The reference m is a constant to autograd: u_t v_s does
+    not depend on it.
 
     Factored, (L ∘ C Bᵀ)(Δx) = u ∘ ((C Bᵀ)(v ∘ Δx)): one matmul per group with no per-head (Q, Q) mask.
-    Heads with stronger decays (a chunk that decays by more than e^60 in float32) take the masked form (all
-    heads do when fewer than half qualify), and so do all heads with half-precision matmuls (the rows' and
-    columns' parts of c's gradient cancel, amplifying their rounding).
+    Heads with stronger decays take the masked form (all heads do when fewer than half qualify), and so do
+    all heads with half-precision matmuls (the rows' and columns' parts of c's gradient cancel, amplifying
+    their rounding).
 
     Returns (u, v, masked): u is 0 on the masked heads; u and v are None when no head is factored; masked
     is None (no head), "all", or a LongTensor of head indices.
     """
     h = c.shape[-1]
-    offset = c - c[:, :, -1:]
+    offset = c - (c[:, :, :1] + c[:, :, -1:]) / 2
     if mm_dtype != c.dtype:
         return None, None, "all"
     limit = _FACTOR_LIMIT[c.dtype]
@@ -198,12 +209,27 @@ def _sum_groups(per_head: torch.Tensor, heads, r: int, out: torch.Tensor) -> tor
     return out.zero_().index_add_(1, heads // r, per_head)
 
 
-def _bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, mm_dtype: torch.dtype) -> torch.Tensor:
-    """a @ b for contiguous (n, h', ., .) operands, written into the contiguous ``out``."""
+def _mm_into(a: torch.Tensor, b: torch.Tensor, mm_dtype: torch.dtype, out: torch.Tensor) -> torch.Tensor:
+    """a @ b for (..., m, k) and (..., k, n) operands with the same batch dimensions, written into the
+    contiguous (..., m, n) ``out``."""
     if a.dtype == mm_dtype and b.dtype == mm_dtype and out.dtype == mm_dtype:
-        torch.bmm(a.flatten(0, 1), b.flatten(0, 1), out=out.flatten(0, 1))
+        torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]),
+                  out=out.view(-1, *out.shape[-2:]))
         return out
     return out.copy_(_mm(a, b, mm_dtype, out.dtype))
+
+
+def _reuse(dead: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
+           offset: int = 0) -> torch.Tensor:
+    """A contiguous tensor of ``shape`` (dtype and device of ``like``) in the storage of the contiguous tensor
+    ``dead``, no longer used, from element ``offset`` on, or a new one where it does not fit (on CPU a fresh
+    multi-MiB tensor costs its page faults)."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    if dead is None or dead.dtype != like.dtype or not dead.is_contiguous() or offset + numel > dead.numel():
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return dead.view(-1)[offset:offset + numel].view(shape)
 
 
 def _add_heads(target: torch.Tensor, heads, dim: int, values: torch.Tensor, alpha: float = 1.0) -> None:
@@ -252,21 +278,30 @@ class ChunkedSSD(torch.autograd.Function):
         seq_c = None if seq_idx is None else geo.chunked_seq_idx(seq_idx)
         c, e, w, chunk_decay, same = _decays(geo, delta_c, A.to(cd), seq_c)
 
-        # (1) Inside each chunk: (L ∘ C Bᵀ) (Δx), per group in factored form u ∘ ((C Bᵀ)(v ∘ Δx)) for the
+        # (1) Each chunk's state increment, transposed: Bᵀ (w Δ x) per group, (b, nc, g, N, r·p). The buffer
+        # of w Δ x (b, nc, Q, h, p) serves v Δ x in (2), then y in (4). The increments go one chunk's slot
+        # (g·N·r·p numbers) into a buffer of b·nc + 1 slots, for the recurrence in (3).
+        work = x_c * (delta_c * w)[..., None]
+        slot = g * n * r * p
+        chained = torch.empty((b * nc + 1) * slot, dtype=cd, device=x.device)
+        _mm_into(Bc_T, geo.grouped(work), mm_dtype, chained[slot:].view(b, nc, g, n, r * p))
+
+        # (2) Inside each chunk: (L ∘ C Bᵀ) (Δx), per group in factored form u ∘ ((C Bᵀ)(v ∘ Δx)) for the
         # heads whose decays allow, per head with the (Q, Q) mask for the others (added to y in (4)).
         CB = _mm(Cc, Bc_T, mm_dtype, cd).masked_fill_(~_chunk_mask(Q, same, x.device), 0)   # (b, nc, g, Q, Q)
         u, v, masked = _split_heads(c, mm_dtype)
-        x_to_end = x_c * (delta_c * w)[..., None]                   # (b, nc, Q, h, p)
-        y_factored = y_masked = None
+        # Without padding, the output's own tensor (not a view: callers may modify it in place) holds the
+        # inside product first.
+        out = torch.empty(b, geo.length, h, p, dtype=cd, device=x.device)
+        inside = y_masked = None
         if u is not None:
-            x_v = x_to_end if seq_idx is None else x_c * (delta_c * v)[..., None]
-            y_factored = geo.ungrouped(_mm(CB, geo.grouped(x_v), mm_dtype, cd))   # (b, nc, Q, g, r, p)
-            del x_v
+            x_v = torch.mul(x_c, (delta_c * v)[..., None], out=work)
+            inside = (_mm_into(CB, geo.grouped(x_v), mm_dtype, out.view(b, nc, g, Q, r * p)) if geo.pad == 0
+                      else _mm(CB, geo.grouped(x_v), mm_dtype, cd))   # (b, nc, g, Q, r·p), before u
         decay_mask = None
         if masked is not None:
             # Per masked head h' with M = L ∘ C Bᵀ, slab by slab. The exp'd decay mask L is kept for the
-            # backward: recomputing it there cost more than the rest of the masked heads' backward (strong
-            # decays and chunk 256, the Mamba-2 default, take this form).
+            # backward: recomputing it there cost more than the rest of the masked heads' backward.
             c_heads = _pick(c, masked, 3).transpose(2, 3).reshape(b * nc, -1, Q)    # (b·nc, h', Q)
             hm = c_heads.shape[1]
             slabs = _slabs(b * nc, hm * Q * Q * CB.element_size())
@@ -283,48 +318,50 @@ class ChunkedSSD(torch.autograd.Function):
                 if buffer is None:
                     buffer = torch.empty_like(L_slab)
                 M = _times_group(L_slab, CB_items[sl], masked, r, buffer[:L_slab.shape[0]])
-                _bmm_into(M, x_heads[sl], y_masked[sl], mm_dtype)
+                _mm_into(M, x_heads[sl], mm_dtype, y_masked[sl])
             y_masked = y_masked.view(b, nc, hm, Q, p).transpose(2, 3)   # (b, nc, Q, h', p)
             del x_heads, buffer
             if not for_backward:
                 decay_mask = None
 
-        # (2) Each chunk's state increment, transposed: Bᵀ (w Δ x) per group, (b, nc, g, N, r·p).
-        starts = _mm(Bc_T, geo.grouped(x_to_end), mm_dtype, cd)
-        del x_to_end
-
-        # (3) The recurrence over chunks, H_{k+1} = exp(c_{Q-1}) H_k + increment_k, replacing each increment
-        # by the state its chunk starts with: ``starts`` (b, nc, g, N, r·p).
-        state, next_state = (torch.empty(b, g, n, r, p, dtype=cd, device=x.device) for _ in range(2))
-        if initial_states is None:
-            state.zero_()
-        else:
-            state.copy_(initial_states.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3))
+        # (3) The recurrence over chunks, H_{k+1} = exp(c_{Q-1}) H_k + increment_k, in place: slot i·nc + k
+        # holds increment k - 1 of batch row i and becomes H_k, the state chunk k starts with, so the first
+        # b·nc slots are ``starts`` (b, nc, g, N, r·p). Row i's last increment, in the slot of row i + 1's
+        # first state, is set aside first.
+        starts = chained[:b * nc * slot].view(b, nc, g, n, r * p)
         starts6 = starts.view(b, nc, g, n, r, p)
+        last_increment = chained.view(-1, slot)[nc::nc].view(b, g, n, r, p).clone()
+        if initial_states is None:
+            starts6[:, 0].zero_()
+        else:
+            starts6[:, 0].copy_(initial_states.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3))
         decay = chunk_decay.view(b, nc, g, 1, r, 1)
-        for k in range(nc):
-            torch.addcmul(starts6[:, k], decay[:, k], state, out=next_state)
-            starts6[:, k].copy_(state)
-            state, next_state = next_state, state
+        for k in range(1, nc):
+            starts6[:, k].addcmul_(decay[:, k - 1], starts6[:, k - 1])
+        state = last_increment.addcmul_(decay[:, nc - 1], starts6[:, nc - 1])     # H_nc, (b, g, N, r, p)
+        del chained
 
         # (4) Output from each chunk's start state, decayed to t, plus the inside part: y (b, nc, Q, h, p).
-        y = _mm(Cc, starts, mm_dtype, cd)                           # (b, nc, g, Q, r·p)
+        y = _mm_into(Cc, starts, mm_dtype, _reuse(work, (b, nc, g, Q, r * p), work))
+        del work
         y6 = geo.ungrouped(y)                                       # (b, nc, Q, g, r, p) view
         y6.mul_(geo.per_head(e))
-        if y_factored is not None:
-            y6.addcmul_(y_factored, geo.per_head(u))
+        if inside is not None:
+            y6.addcmul_(geo.ungrouped(inside), geo.per_head(u))
         y = y6.reshape(b, nc, Q, h, p)                              # a view when g == 1
         if y_masked is not None:
             _add_heads(y, masked, 3, y_masked)
-        del y_factored, y_masked
+        del y_masked, inside
         y_seq = geo.unchunk(y)                                      # (b, L, h, p) view
 
-        out = y_seq if D is not None or z is not None else y_seq.clone()   # y itself is saved for backward
+        # y itself is saved for the backward; the output is written over the inside product.
         if D is not None:
             Dc = D.to(cd)
-            out = torch.addcmul(out, x.to(cd), Dc[:, None] if Dc.dim() == 1 else Dc)
+            torch.addcmul(y_seq, x.to(cd), Dc[:, None] if Dc.dim() == 1 else Dc, out=out)
         if z is not None:
-            out = out * F.silu(z.to(cd))
+            torch.mul(out if D is not None else y_seq, F.silu(z.to(cd)), out=out)
+        elif D is None:
+            out.copy_(y_seq)
         final = state.permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
         ctx.save_for_backward(x, delta, A, B, C, D, z, seq_idx, y, starts, decay_mask)
         ctx.chunk_size, ctx.mm_dtype = chunk_size, mm_dtype
@@ -350,8 +387,11 @@ class ChunkedSSD(torch.autograd.Function):
                                                            else D.to(cd))
             d_z = torch.ops.aten.silu_backward(dy * y_skip, zf)
             dy = dy * F.silu(zf)
+        # One (b, nc, Q, h, p) buffer serves the short-lived products below in turn (fresh large tensors
+        # cost page faults on CPU).
+        scratch = torch.empty(b, nc, Q, h, p, dtype=cd, device=x.device)
         if D is not None and ctx.needs_input_grad[5]:
-            d_D = (dy * xf).sum((0, 1))
+            d_D = torch.mul(dy, xf, out=_reuse(scratch, dy.shape, scratch)).sum((0, 1))
             d_D = d_D.sum(-1) if D.dim() == 1 else d_D
 
         x_c = geo.chunks(xf, cd)
@@ -364,10 +404,6 @@ class ChunkedSSD(torch.autograd.Function):
         seq_c = None if seq_idx is None else geo.chunked_seq_idx(seq_idx)
         c, e, w, chunk_decay, same = _decays(geo, delta_c, A.to(cd), seq_c)
 
-        # One (b, nc, Q, h, p) buffer serves the short-lived products below in turn (fresh large tensors
-        # cost page faults on CPU).
-        scratch = torch.empty(b, nc, Q, h, p, dtype=cd, device=x.device)
-
         # Gradient of c_t from every decay's row t (L's rows and e_t): Σ_p dy_t · y_t.
         d_c = torch.mul(dy_c, y, out=scratch).sum(-1)               # (b, nc, Q, h)
 
@@ -375,32 +411,39 @@ class ChunkedSSD(torch.autograd.Function):
         dy_e = torch.mul(geo.seq_layout(dy_c), geo.per_head(e), out=geo.seq_layout(scratch))  # (.., g, r, p)
         dy_e_grouped = dy_e.transpose(2, 3).flatten(-2)             # (b, nc, g, Q, r·p)
         d_C = _mm(dy_e_grouped, starts.transpose(-1, -2), mm_dtype, cd)   # (b, nc, g, Q, N)
-        # The gradient of each start state from its chunk's output, (b, nc, g, N, r·p).
-        d_increments = _mm(Cc_T, dy_e_grouped, mm_dtype, cd)
+        # The gradient of each start state from its chunk's output, (b, nc, g, N, r·p), as slots i·nc + k of
+        # a buffer of b·nc + 1 chunk slots (g·N·r·p numbers), for the recurrence below.
+        slot = g * n * r * p
+        chained = torch.empty((b * nc + 1) * slot, dtype=cd, device=x.device)
+        _mm_into(Cc_T, dy_e_grouped, mm_dtype, chained[:b * nc * slot].view(b, nc, g, n, r * p))
         del dy_e, dy_e_grouped
 
-        # (3) The recurrence, backwards: G_k = (that part) + exp(c_{Q-1}) G_{k+1}, G_nc = d_final. Chunk k's
-        # increment gets G_{k+1}, written over the part in ``d_increments``; its decay gets Σ G_{k+1} ∘ H_k
-        # (reduced over p while both are in cache, over N after the loop).
-        G, next_G = (torch.empty(b, g, n, r, p, dtype=cd, device=x.device) for _ in range(2))
-        if d_final is None:
-            G.zero_()
-        else:
-            G.copy_(d_final.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3))
+        # (3) The recurrence, backwards: G_k = (that part) + exp(c_{Q-1}) G_{k+1}, G_nc = d_final, in place.
+        # Chunk k's increment gets G_{k+1}: ``d_increments`` are the slots from 1 on, so that G_{k+1} is
+        # written over the part of chunk k + 1. Row i's first part, in the slot of row i - 1's G_nc, is set
+        # aside first.
+        first_part = chained.view(-1, slot)[:b * nc:nc].view(b, g, n, r, p).clone()
+        d_increments = chained[slot:].view(b, nc, g, n, r * p)
         d_increments6, starts6 = d_increments.view(b, nc, g, n, r, p), starts.view(b, nc, g, n, r, p)
+        if d_final is None:
+            d_increments6[:, nc - 1].zero_()
+        else:
+            d_increments6[:, nc - 1].copy_(d_final.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3))
         decay = chunk_decay.view(b, nc, g, 1, r, 1)
-        d_decay = torch.empty(b, nc, g, n, r, dtype=cd, device=x.device)
-        product = torch.empty(b, g, n, r, p, dtype=cd, device=x.device)
-        for k in reversed(range(nc)):
-            torch.mul(G, starts6[:, k], out=product)
-            torch.sum(product, -1, out=d_decay[:, k])
-            torch.addcmul(d_increments6[:, k], decay[:, k], G, out=next_G)
-            d_increments6[:, k].copy_(G)
-            G, next_G = next_G, G
+        for k in range(nc - 1, 0, -1):
+            d_increments6[:, k - 1].addcmul_(decay[:, k], d_increments6[:, k])
+        G = first_part.addcmul_(decay[:, 0], d_increments6[:, 0])                 # G_0, (b, g, N, r, p)
         d_initial = G.permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
-        d_c[:, :, -1] += d_decay.sum(3).view(b, nc, h) * chunk_decay
+        del chained
+        # Each chunk's decay gets Σ G_{k+1} ∘ H_k, over blocks of chunks whose product fits in ``scratch``.
+        block = max(1, scratch.numel() // (b * slot))
+        d_decay = torch.cat([
+            torch.mul(d_increments6[:, k:k + block], starts6[:, k:k + block],
+                      out=_reuse(scratch, (b, min(block, nc - k), g, n, r, p), scratch)).sum(-1).sum(3)
+            for k in range(0, nc, block)], dim=1)                           # (b, nc, g, r)
+        d_c[:, :, -1] += d_decay.view(b, nc, h) * chunk_decay
 
-        # (2) State increments: Bᵀ (w Δ x).  P = B G per group, in the sequence layout.
+        # (1) State increments: Bᵀ (w Δ x).  P = B G per group, in the sequence layout.
         P = geo.ungrouped(_mm(Bc, d_increments, mm_dtype, cd))    # (b, nc, Q, g, r, p) view
         x6 = geo.seq_layout(x_c)
         q = torch.mul(P, x6, out=geo.seq_layout(scratch)).sum(-1).view(b, nc, Q, h)   # Σ_p P x
@@ -410,20 +453,25 @@ class ChunkedSSD(torch.autograd.Function):
         x_to_end = torch.mul(x_c, (delta_c * w)[..., None], out=scratch)
         d_B = _mm(geo.grouped(x_to_end), d_increments.transpose(-1, -2), mm_dtype, cd)   # (b, nc, g, Q, N)
 
-        # (1) Inside the chunks, factored per group or masked per head as in the forward. Rows of L are
+        # (2) Inside the chunks, factored per group or masked per head as in the forward. Rows of L are
         # covered by Σ_p dy·y above; columns are here. U collects the gradient of Δx from all its uses.
-        U = torch.empty(b, nc, Q, h, p, dtype=cd, device=x.device)
-        U6 = torch.mul(P, geo.per_head(w), out=geo.seq_layout(U))    # from the state increments
+        U = P.mul_(geo.per_head(w)).reshape(b, nc, Q, h, p)         # from the state increments (P's storage
+        U6 = geo.seq_layout(U)                                      # when g == 1)
+        del P
         u, v, masked = _split_heads(c, mm_dtype)
         mask = _chunk_mask(Q, same, x.device)
         CB = _mm(Cc, Bc_T, mm_dtype, cd).masked_fill_(~mask, 0)     # (b, nc, g, Q, Q): [t, s] = C_t·B_s
         d_CB = None                                                 # gradient of C Bᵀ, [t, s]
         if u is not None:
             x_v = torch.mul(x_c, (delta_c * v)[..., None], out=scratch)     # v ∘ Δx, (b, nc, Q, h, p)
-            dy_u = geo.seq_layout(dy_c) * geo.per_head(u)               # u ∘ dy (0 on masked heads)
+            # u ∘ dy (0 on masked heads) and the gradient of v ∘ Δx in the storage of d_increments, used.
+            items = b * nc * Q * h * p
+            dy_u = torch.mul(geo.seq_layout(dy_c), geo.per_head(u),
+                             out=geo.seq_layout(_reuse(d_increments, (b, nc, Q, h, p), x_v)))
             dy_u_grouped = dy_u.transpose(2, 3).flatten(-2)             # (b, nc, g, Q, r·p)
             d_CB = _mm(dy_u_grouped, geo.grouped(x_v).transpose(-1, -2), mm_dtype, cd)
-            d_x_v = geo.ungrouped(_mm(CB.transpose(-1, -2), dy_u_grouped, mm_dtype, cd))   # (.., g, r, p)
+            d_x_v = geo.ungrouped(_mm_into(CB.transpose(-1, -2), dy_u_grouped, mm_dtype,
+                                           _reuse(d_increments, (b, nc, g, Q, r * p), x_v, items)))
             d_c -= torch.mul(d_x_v, geo.seq_layout(x_v), out=dy_u).sum(-1).view(b, nc, Q, h)   # -Σ_p dXv ∘ Xv
             U6.addcmul_(d_x_v, geo.per_head(v))
             del x_v, dy_u, dy_u_grouped, d_x_v
@@ -457,9 +505,9 @@ class ChunkedSSD(torch.autograd.Function):
                 if buffer is None:
                     buffer = torch.empty_like(L_slab)
                 M = _times_group(L_slab, CB_items[sl], masked, r, buffer[:L_slab.shape[0]])
-                _bmm_into(dy_heads_T[sl], M, d_x_delta_T[sl], mm_dtype)
+                _mm_into(dy_heads_T[sl], M, mm_dtype, d_x_delta_T[sl])
                 if d_c_cols is None:                                    # dM written over M
-                    d_M = _bmm_into(dy_heads[sl], x_delta_T[sl], M, mm_dtype)
+                    d_M = _mm_into(dy_heads[sl], x_delta_T[sl], mm_dtype, M)
                 else:
                     d_M = _mm(dy_heads[sl], x_delta_T[sl], mm_dtype, cd)
                     torch.sum(M.mul_(d_M), -2, out=d_c_cols[sl])
@@ -496,6 +544,13 @@ class ChunkedSSD(torch.autograd.Function):
                 None, None, None, None)
 
 
+# On CPU, longer chunks run as chunks of this length. The chunk length changes only how the work is split
+# (the chunked form is exact for any length; no result, state or seq_idx boundary depends on it), and 64 cost
+# least on CPU at Mamba-2's shapes (the state matmuls cost the same at any length, the inside product grows
+# with it; below 64 the matmuls get too small).
+_LONGEST_CHUNK = 64
+
+
 def chunked_ssd(
     x: torch.Tensor,
     delta: torch.Tensor,
@@ -512,8 +567,11 @@ def chunked_ssd(
     """Chunked SSD on checked arguments; Δ (b, L, h) already biased, softplussed and clamped (in the
     compute dtype, float32 or float64), so that autograd carries dt's gradient through those steps.
 
-    Returns y (b, L, h, p) in x's dtype and the final state (b, h, p, N) in Δ's dtype. L >= 1.
+    Returns y (b, L, h, p) in x's dtype and the final state (b, h, p, N) in Δ's dtype. L >= 1. On CPU,
+    chunks run at most _LONGEST_CHUNK long.
     """
+    if x.device.type == "cpu":
+        chunk_size = min(chunk_size, _LONGEST_CHUNK)
     # Only a forward that autograd will differentiate keeps the masked form's decay masks.
     for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, delta, A, B, C, D, z, initial_states))
