@@ -99,6 +99,42 @@ def test_induction_heads_curriculum_trains_each_length_first(tmp_path):
     assert f"| {sum(row['curriculum_steps'])} + {row['steps']} |" in text
 
 
+def test_curriculum_phases_use_their_own_batch_and_lr(tmp_path, monkeypatch):
+    import mambakit.tasks.experiment as experiment
+
+    used = []
+    real_train = experiment.train
+
+    def recording_train(model, task, settings, progress=None):
+        used.append((task.seq_len, settings.batch_size, settings.lr, settings.lr_schedule))
+        return real_train(model, task, settings, progress)
+
+    monkeypatch.setattr(experiment, "train", recording_train)
+    overrides = {
+        "steps": 1, "batch_size": 2, "lr": 5e-3, "lr_schedule": "constant", "train_len": 16,
+        "curriculum_lengths": [8], "curriculum_steps": 1, "curriculum_batch_size": 3, "curriculum_lr": 1e-3,
+        "eval_lengths": [16], "eval_samples": 2, "d_model": 16, "mixers": ["mamba"],
+    }
+    run_experiment("induction_heads", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    assert used == [(8, 3, 1e-3, "cosine"), (16, 2, 5e-3, "constant")]
+    assert "(batch 3, lr 0.001 decaying)" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("curriculum_batch_size", 0),
+        ("curriculum_lr", -1.0),
+        ("curriculum_lr", float("nan")),
+        ("lr_schedule", "x"),
+    ],
+)
+def test_bad_curriculum_optimiser_settings_name_the_field(tmp_path, field, value):
+    overrides = {field: value, "mixers": ["mamba"], "steps": 1, "curriculum_steps": 1}
+    with pytest.raises(ConfigError, match=field):
+        run_experiment("induction_heads", tmp_path, preset="cpu", overrides=overrides, progress=False)
+
+
 @pytest.mark.parametrize(
     "curriculum, field",
     [

@@ -8,7 +8,7 @@ from mambakit.errors import ConfigError
 from mambakit.tasks import TaskBatch
 from mambakit.tasks.experiment import build_model
 from mambakit.tasks.selective_copying import SelectiveCopying
-from mambakit.tasks.training import TrainSettings, train
+from mambakit.tasks.training import TrainSettings, lr_factor, train
 
 
 class AlwaysZero:
@@ -46,6 +46,17 @@ def test_stops_once_the_held_out_batch_is_answered():
     assert result.steps < 400 and result.steps % 5 == 0 and result.stopped_by_accuracy >= 0.99
 
 
+def test_lr_schedules_warm_up_then_decay_or_hold():
+    cosine = TrainSettings(steps=110, warmup_steps=10)
+    constant = TrainSettings(steps=110, warmup_steps=10, lr_schedule="constant")
+    for s in (cosine, constant):
+        assert [lr_factor(s, k) for k in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    decay = [lr_factor(cosine, k) for k in range(10, 111)]
+    assert decay[0] == pytest.approx(1.0) and decay[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    assert all(lr_factor(constant, k) == 1.0 for k in range(10, 500))
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -57,6 +68,7 @@ def test_stops_once_the_held_out_batch_is_answered():
         ({"stop_at_accuracy": 1.5}, "stop_at_accuracy"),
         ({"eval_every": 0}, "eval_every"),
         ({"seed": -1}, "seed"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs, name):

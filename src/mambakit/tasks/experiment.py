@@ -37,7 +37,7 @@ from .batch import check_int
 from .chunked import last_position_accuracy
 from .induction_heads import InductionHeads
 from .selective_copying import SelectiveCopying
-from .training import TrainResult, TrainSettings, evaluate, train
+from .training import LR_SCHEDULES, TrainResult, TrainSettings, evaluate, train
 
 MIXER_LABELS = {"mamba": "Mamba (S6)", "s4d": "S4D (time-invariant)", "attention": "Attention (RoPE)"}
 
@@ -67,6 +67,7 @@ class SelectiveCopyingSettings:
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
+    lr_schedule: str = "cosine"  # or "constant", see TrainSettings
     warmup_steps: int = 100
     time_budget_s: float | None = 780.0  # per model
     eval_samples: int = 1024
@@ -88,6 +89,7 @@ class InductionHeadsSettings:
     steps: int = 3000
     batch_size: int = 8
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # or "constant", see TrainSettings
     warmup_steps: int = 100
     time_budget_s: float | None = 480.0  # per model
     eval_lengths: tuple[int, ...] = tuple(2**p for p in range(6, 21))
@@ -104,6 +106,10 @@ class InductionHeadsSettings:
     curriculum_lengths: tuple[int, ...] = ()
     curriculum_steps: int = 600
     curriculum_accuracy: float = 0.99
+    # The curriculum phases' batch size and peak lr (None: batch_size, lr); they always decay (cosine) over
+    # curriculum_steps, while the main phase follows lr_schedule.
+    curriculum_batch_size: int | None = None
+    curriculum_lr: float | None = None
     seed: int = 0
 
 
@@ -149,9 +155,12 @@ PRESETS: dict[str, dict[str, object]] = {
         ),
         "cpu": InductionHeadsSettings(
             curriculum_lengths=(32, 64, 128),
-            steps=1000,
-            batch_size=32,
-            lr=2e-3,
+            curriculum_batch_size=32,
+            curriculum_lr=2e-3,
+            steps=3000,
+            batch_size=8,
+            lr=5e-3,
+            lr_schedule="constant",
             warmup_steps=50,
             time_budget_s=600.0,
         ),
@@ -216,13 +225,15 @@ def _progress_bar(
 
 def _train_one(
     model, task, s, label: str, progress: bool, steps: int | None = None, stop_at: float | None = None,
-    budget: bool = True, seed_offset: int = 0,
+    budget: bool = True, seed_offset: int = 0, batch_size: int | None = None, lr: float | None = None,
+    lr_schedule: str | None = None,
 ) -> TrainResult:
     steps = s.steps if steps is None else steps
     settings = TrainSettings(
         steps=steps,
-        batch_size=s.batch_size,
-        lr=s.lr,
+        batch_size=s.batch_size if batch_size is None else batch_size,
+        lr=s.lr if lr is None else lr,
+        lr_schedule=s.lr_schedule if lr_schedule is None else lr_schedule,
         warmup_steps=min(s.warmup_steps, steps - 1),
         time_budget_s=s.time_budget_s if budget else None,
         seed=s.seed + seed_offset,
@@ -271,7 +282,8 @@ def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dic
         phases = [
             _train_one(model, InductionHeads(seq_len=L, vocab_size=s.vocab_size), s, f"{mixer} L={L}",
                        progress, steps=s.curriculum_steps, stop_at=s.curriculum_accuracy, budget=False,
-                       seed_offset=L)
+                       seed_offset=L, batch_size=s.curriculum_batch_size, lr=s.curriculum_lr,
+                       lr_schedule="cosine")
             for L in s.curriculum_lengths
         ]
         result = _train_one(model, task, s, f"{mixer} L={s.train_len}", progress)
@@ -323,6 +335,16 @@ def _check_induction_settings(s: InductionHeadsSettings) -> None:
         check_int("curriculum_steps", s.curriculum_steps, 1)
     if lengths and not 0 < s.curriculum_accuracy <= 1:
         raise ConfigError(f"curriculum_accuracy: expected a number in (0, 1], got {s.curriculum_accuracy!r}")
+    if s.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {s.lr_schedule!r}")
+    if s.curriculum_batch_size is not None:
+        check_int("curriculum_batch_size", s.curriculum_batch_size, 1)
+    if s.curriculum_lr is not None and not (
+        isinstance(s.curriculum_lr, (int, float)) and math.isfinite(s.curriculum_lr) and s.curriculum_lr > 0
+    ):
+        raise ConfigError(
+            f"curriculum_lr: expected a positive finite number or None, got {s.curriculum_lr!r}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- reports
@@ -358,7 +380,8 @@ def induction_heads_table(record: dict) -> str:
     lines = [
         f"Induction heads: trained at L = {s['train_len']}, vocabulary {s['vocab_size']};"
         f" {s['n_layer']} layers,"
-        f" d_model = {s['d_model']}, d_state = {s['d_state']}; batch {s['batch_size']}, lr {s['lr']}, seed"
+        f" d_model = {s['d_model']}, d_state = {s['d_state']}; batch {s['batch_size']}, lr {s['lr']}"
+        f" ({s.get('lr_schedule', 'cosine')}), seed"
         f" {s['seed']}; accuracy (%) on {s['eval_samples']} sequences per length; — = not evaluated (one"
         " full pass would not fit); · = not evaluated, at chance at shorter lengths.",
         "",
@@ -368,8 +391,9 @@ def induction_heads_table(record: dict) -> str:
     if s.get("curriculum_lengths"):
         lines[0] += (
             f" Length curriculum first: L = {', '.join(map(str, s['curriculum_lengths']))}, each until"
-            f" {100 * s['curriculum_accuracy']:g}% held-out accuracy or {s['curriculum_steps']} steps; steps"
-            " are written curriculum + main phase."
+            f" {100 * s['curriculum_accuracy']:g}% held-out accuracy or {s['curriculum_steps']} steps"
+            f" (batch {s.get('curriculum_batch_size') or s['batch_size']},"
+            f" lr {s.get('curriculum_lr') or s['lr']} decaying); steps are written curriculum + main phase."
         )
     for r in record["rows"]:
         accs = [r["accuracy_by_length"].get(str(L)) for L in lengths]
