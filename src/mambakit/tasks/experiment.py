@@ -167,6 +167,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "paper": InductionHeadsSettings(
             steps=204_800,
             batch_size=8,
+            lr_schedule="constant",
             time_budget_s=None,
             eval_samples=128,
             attention_max_len=2**16,
