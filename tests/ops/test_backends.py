@@ -273,7 +273,10 @@ print("triton interpreter: all cases match")
 '''
 
 
-def test_triton_backend_under_interpreter_matches_reference():
+def run_under_triton_interpreter(cases: str) -> None:
+    """Run the script template ``cases`` ({tests_dir} filled in) in a fresh interpreter with
+    TRITON_INTERPRET=1 (the interpreter must be set before triton is imported); it must print "all cases
+    match". Skips the calling test without triton."""
     import os
     import pathlib
     import subprocess
@@ -283,12 +286,16 @@ def test_triton_backend_under_interpreter_matches_reference():
 
     if not triton_available():
         pytest.skip("triton is not installed (pip install triton): the Triton backend is tested only with it")
-    script = _TRITON_CASES.format(tests_dir=str(pathlib.Path(__file__).parent))
+    script = cases.format(tests_dir=str(pathlib.Path(__file__).parent))
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all cases match" in done.stdout
+
+
+def test_triton_backend_under_interpreter_matches_reference():
+    run_under_triton_interpreter(_TRITON_CASES)
 
 
 def test_triton_backend_without_triton_says_so(monkeypatch):

@@ -13,7 +13,8 @@ import numba
 import pytest
 import torch
 from scan_inputs import random_scan_inputs
-from test_backends import _assert_close_relative, _outputs_and_grads, _stable
+from test_backends import _assert_close_relative, _outputs_and_grads, _stable, run_under_triton_interpreter
+from test_scan_cpu_fused import _count_lane_kernel_calls
 
 from mambakit.errors import DeviceError, DTypeError, ShapeError
 from mambakit.ops import scan_chunked, scan_cpu, scan_cpu_lanes, selective_scan, selective_scan_ref
@@ -82,18 +83,6 @@ def _compare(fn, kwargs: dict, softplus: bool, dtype: torch.dtype, what: str) ->
     assert len(got) == 2 + sum(v is not None for v in inputs.values())
     assert got[0].dtype == dtype and got[1].dtype == dtype
     _assert_close_relative(got, want, 1e-8 if dtype == torch.float64 else 1e-4, what)
-
-
-def _count_lane_kernel_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    kernel = scan_cpu_lanes._scan_forward_lanes_kernel
-
-    def counting(*args):
-        calls.append(1)
-        return kernel(*args)
-
-    monkeypatch.setattr(scan_cpu_lanes, "_scan_forward_lanes_kernel", counting)
-    return calls
 
 
 OPTIONS = list(itertools.product([False, True], repeat=4))   # (D, z, delta_bias, delta_softplus)
@@ -233,21 +222,7 @@ print("triton interpreter: all cases match")
 
 
 def test_triton_backend_with_initial_state_under_interpreter_matches_reference():
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    from mambakit.ops.backends import triton_available
-
-    if not triton_available():
-        pytest.skip("triton is not installed (pip install triton): the Triton backend is tested only with it")
-    script = _TRITON_CASES.format(tests_dir=str(pathlib.Path(__file__).parent))
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "all cases match" in done.stdout
+    run_under_triton_interpreter(_TRITON_CASES)
 
 
 def test_complex_A_with_initial_state_goes_to_the_reference():
