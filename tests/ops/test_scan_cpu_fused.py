@@ -166,6 +166,11 @@ def test_absent_options_do_not_compile_new_kernel_variants():
                                     with_D=with_D, with_z=with_z, with_bias=with_bias, dtype=torch.float32)
         leaves = {k: v.requires_grad_(True) for k, v in kwargs.items() if v is not None}
         selective_scan_cpu(**leaves, delta_softplus=softplus).sum().backward()
+    assert_one_float32_variant_per_kernel()
+
+
+def assert_one_float32_variant_per_kernel() -> None:
+    """Every fused kernel (both forwards, the backward) has been compiled for float32 exactly once."""
     for kernel in (scan_cpu._scan_forward_kernel, scan_cpu._scan_backward_kernel,
                    scan_cpu_lanes._scan_forward_lanes_kernel):
         float32 = [sig for sig in kernel.signatures if sig[0].dtype == numba.types.float32]

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import itertools
 
-import numba
 import pytest
 import torch
 from scan_inputs import random_scan_inputs
 from test_backends import _assert_close_relative, _outputs_and_grads, _stable, run_under_triton_interpreter
-from test_scan_cpu_fused import _count_lane_kernel_calls
+from test_scan_cpu_fused import ALL_OPTIONS, _count_lane_kernel_calls, assert_one_float32_variant_per_kernel
 
 from mambakit.errors import DeviceError, DTypeError, ShapeError
-from mambakit.ops import scan_chunked, scan_cpu, scan_cpu_lanes, selective_scan, selective_scan_ref
+from mambakit.ops import scan_chunked, scan_cpu, selective_scan, selective_scan_ref
 from mambakit.ops.scan_chunked import selective_scan_chunked
 from mambakit.ops.scan_cpu import selective_scan_cpu
 
@@ -85,7 +84,7 @@ def _compare(fn, kwargs: dict, softplus: bool, dtype: torch.dtype, what: str) ->
     _assert_close_relative(got, want, 1e-8 if dtype == torch.float64 else 1e-4, what)
 
 
-OPTIONS = list(itertools.product([False, True], repeat=4))   # (D, z, delta_bias, delta_softplus)
+OPTIONS = ALL_OPTIONS   # (D, z, delta_bias, delta_softplus), every combination
 
 
 @pytest.mark.parametrize("kernel", ["lanes", "per-channel"])
@@ -185,10 +184,7 @@ def test_one_compiled_kernel_per_dtype_with_or_without_initial_state():
             kwargs = _with_initial_state(kwargs, 0)
         leaves = {k: v.requires_grad_(True) for k, v in kwargs.items() if v is not None}
         selective_scan_cpu(**leaves, delta_softplus=True).sum().backward()
-    for kernel in (scan_cpu._scan_forward_kernel, scan_cpu._scan_backward_kernel,
-                   scan_cpu_lanes._scan_forward_lanes_kernel):
-        float32 = [sig for sig in kernel.signatures if sig[0].dtype == numba.types.float32]
-        assert len(float32) == 1, f"{kernel.__name__}: {len(float32)} float32 variants"
+    assert_one_float32_variant_per_kernel()
 
 
 _TRITON_CASES = '''

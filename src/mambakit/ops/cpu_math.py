@@ -76,18 +76,28 @@ def _exp_overload(v):
     return lambda v: math.exp(v)
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _exp_float32_kernel(x, out):
-    for i in range(x.shape[0]):
-        out[i] = _exp(x[i])
+def elementwise_float32(scalar, name: str):
+    """``name(x, out=None)``: the compiled float32 scalar function ``scalar`` over a 1-D float32 array, one
+    thread, so tests and benchmarks run exactly the arithmetic the kernels inline."""
+
+    @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    def kernel(x, out):
+        for i in range(x.shape[0]):
+            out[i] = scalar(x[i])
+
+    def apply(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x) if out is None else out
+        kernel(x, out)
+        return out
+
+    apply.__name__ = apply.__qualname__ = name
+    op = name.removesuffix("_float32")
+    apply.__doc__ = f"The kernels' float32 {op} over a 1-D float32 array, one thread."
+    return apply
 
 
-def exp_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The kernels' float32 exp over a 1-D float32 array, one thread (for tests and benchmarks)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x) if out is None else out
-    _exp_float32_kernel(x, out)
-    return out
+exp_float32 = elementwise_float32(_exp_float32, "exp_float32")
 
 
 # float32 log1p on [0, 1]: log(1 + y) = 2·atanh(s), s = y / (2 + y) in [0, 1/3], by the series
@@ -152,15 +162,4 @@ def _softplus_grad_overload(x):
     return lambda x: 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _softplus_float32_kernel(x, out):
-    for i in range(x.shape[0]):
-        out[i] = _softplus(x[i])
-
-
-def softplus_float32(x: np.ndarray) -> np.ndarray:
-    """The kernels' float32 softplus over a 1-D float32 array, one thread (for tests)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    _softplus_float32_kernel(x, out)
-    return out
+softplus_float32 = elementwise_float32(_softplus, "softplus_float32")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .cpu_math import _FASTMATH, _LOG2E, _int32_bits_as_float32, _sigmoid, _softplus
+from .cpu_math import _FASTMATH, _LOG2E, _int32_bits_as_float32, _sigmoid, _softplus, elementwise_float32
 
 LANES = 32   # channels per block; faster than 8, 16 and 64 on AVX2 (one thread, (1, 768, 2048, 16))
 
@@ -61,18 +61,7 @@ def _exp2_float32(t):
     return t if t != t else result   # NaN in, NaN out
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _exp2_float32_kernel(t, out):
-    for i in range(t.shape[0]):
-        out[i] = _exp2_float32(t[i])
-
-
-def exp2_float32(t: np.ndarray) -> np.ndarray:
-    """The lane kernel's 2^t over a 1-D float32 array, one thread (for tests)."""
-    t = np.ascontiguousarray(t, dtype=np.float32)
-    out = np.empty_like(t)
-    _exp2_float32_kernel(t, out)
-    return out
+exp2_float32 = elementwise_float32(_exp2_float32, "exp2_float32")   # the lane kernel's 2^t, for tests
 
 
 def uses_lane_kernel(dtype: np.dtype, b_index: tuple[int, int, int], c_index: tuple[int, int, int]) -> bool:
