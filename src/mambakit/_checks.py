@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import DeviceError, DTypeError, ShapeError
+from .errors import ConfigError, DeviceError, DTypeError, ShapeError
 
 
 def check_tensor(name: str, t: object, ndim: int | Sequence[int] | None = None,
@@ -61,3 +61,20 @@ def check_same_real_dtype(**tensors: torch.Tensor | None) -> None:
     if len(set(dtypes.values())) > 1:
         listing = ", ".join(f"{k}: {d}" for k, d in dtypes.items())
         raise DTypeError(f"mixed floating-point dtypes: {listing}; cast them to one dtype")
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """Raise :class:`ConfigError` naming ``name`` unless ``value`` is an int (not a bool) >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        want = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ConfigError(f"{name}: expected {want}, got {value!r}")
+    return value
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The precision the operations compute in: float64 if any given tensor is float64 (or complex128), else
+    float32 (half precisions are upcast, as the official kernels do). ``None`` entries are skipped."""
+    for t in tensors:
+        if t is not None and t.dtype in (torch.float64, torch.complex128):
+            return torch.float64
+    return torch.float32
