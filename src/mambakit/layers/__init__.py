@@ -3,8 +3,8 @@
 from .attention import CausalSelfAttention
 from .lru import LRU
 from .mamba import MambaBlock
-from .mamba2 import Mamba2Block, RMSNormGated
-from .norm import RMSNorm
+from .mamba2 import Mamba2Block
+from .norm import RMSNorm, RMSNormGated
 from .s4 import S4
 from .s4d import S4D
 

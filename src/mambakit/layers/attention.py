@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_shape, check_tensor
+from .._checks import check_int, check_shape, check_tensor
 from ..errors import ConfigError
 
 
@@ -68,16 +68,14 @@ class CausalSelfAttention(nn.Module):
             raise ConfigError(f"d_model: expected an integer >= 2, got {d_model!r}")
         if n_heads is None:
             n_heads = max(1, d_model // 16)
-        if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
-            raise ConfigError(f"n_heads: expected a positive integer, got {n_heads!r}")
+        check_int("n_heads", n_heads)
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ConfigError(
                 f"n_heads: expected a divisor of d_model={d_model} leaving an even head width, got {n_heads}"
             )
         if not (isinstance(rope_base, (int, float)) and math.isfinite(rope_base) and rope_base > 1):
             raise ConfigError(f"rope_base: expected a finite number > 1, got {rope_base!r}")
-        if not isinstance(cache_len, int) or isinstance(cache_len, bool) or cache_len < 1:
-            raise ConfigError(f"cache_len: expected a positive integer, got {cache_len!r}")
+        check_int("cache_len", cache_len)
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.n_heads = n_heads
@@ -184,8 +182,7 @@ class CausalSelfAttention(nn.Module):
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, Tensor]:
         """An empty cache: key_cache and value_cache (batch, n_heads, cache_len, head_dim) in ``dtype``
         (default: the weights'), and length, a long tensor () counting the positions filled."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        check_int("batch_size", batch_size)
         weight = self.in_proj.weight
         device = weight.device if device is None else device
         dtype = weight.dtype if dtype is None else dtype

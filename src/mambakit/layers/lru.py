@@ -22,10 +22,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..errors import ConfigError
 from ..ssm.kernels import causal_fft_conv, diag_powers
 from ..ssm.scan import associative_scan, sequential_scan
-from .s4d import SSMMixer, as_complex, check_positive_int
+from .ssm_mixer import SSMMixer, as_complex
 
 
 def ring_init(N: int, r_min: float, r_max: float, max_phase: float, device=None,
@@ -60,7 +61,7 @@ class LRU(SSMMixer):
                  layer_idx: int | None = None, device=None, dtype=None) -> None:
         super().__init__(d_model, dropout, mode, layer_idx, device, dtype)
         dtype = self.D.dtype  # the default dtype when none is given, so no parameter stays float64
-        self.d_state = check_positive_int("d_state", d_state)
+        self.d_state = check_int("d_state", d_state)
         if not 0.0 <= r_min < r_max:
             raise ConfigError(f"r_min, r_max: expected 0 <= r_min < r_max, got {r_min!r}, {r_max!r}")
         if not r_max < 1.0:

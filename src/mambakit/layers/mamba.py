@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_shape, check_tensor
+from .._checks import check_int, check_shape, check_tensor, compute_dtype
 from ..errors import ConfigError, ShapeError
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
@@ -59,8 +59,7 @@ class MambaBlock(nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {v!r}")
+            check_int(name, v)
         if dt_rank != "auto" and (not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1):
             raise ConfigError(f'dt_rank: expected "auto" or a positive integer, got {dt_rank!r}')
         if not 0 < dt_min <= dt_max:
@@ -213,7 +212,7 @@ class MambaBlock(nn.Module):
         weight = self.conv1d.weight
         device = weight.device if device is None else device
         conv_dtype = weight.dtype if dtype is None else dtype
-        ssm_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        ssm_dtype = compute_dtype(weight)
         return {
             "conv_state": torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype),
             "ssm_state": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),

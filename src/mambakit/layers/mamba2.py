@@ -20,52 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_shape, check_tensor
+from .._checks import check_int, check_shape, check_tensor, compute_dtype
 from ..errors import ConfigError, ShapeError
 from ..ops.conv1d import causal_conv1d, causal_conv1d_update
 from ..ops.ssd import ssd, ssd_state_update
-
-
-class RMSNormGated(nn.Module):
-    """RMSNorm over groups of channels, gated by silu(z) (the Mamba-2 output norm).
-
-    With ``norm_before_gate=False`` (Mamba-2's choice): out = rmsnorm(x · silu(z)) · weight; with True:
-    out = rmsnorm(x) · weight · silu(z). The mean square is taken over each of the ``dim / group_size`` groups
-    of consecutive channels separately. Computed in float32 (float64 for float64 input).
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None,
-                 norm_before_gate: bool = False, device=None, dtype=None) -> None:
-        super().__init__()
-        group_size = dim if group_size is None else group_size
-        if group_size < 1 or dim % group_size != 0:
-            raise ConfigError(f"group_size: expected a divisor of dim={dim}, got {group_size}")
-        self.dim, self.eps, self.group_size, self.norm_before_gate = dim, eps, group_size, norm_before_gate
-        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """x, z: (..., dim) -> (..., dim) in x's dtype."""
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        xf = x.to(compute)
-        gate = F.silu(z.to(compute)) if z is not None else None
-        if gate is not None and not self.norm_before_gate:
-            xf = xf * gate
-        grouped = xf.unflatten(-1, (-1, self.group_size))
-        xf = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        xf = xf * self.weight.to(compute)
-        if gate is not None and self.norm_before_gate:
-            xf = xf * gate
-        return xf.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return (f"{self.dim}, eps={self.eps}, group_size={self.group_size}, "
-                f"norm_before_gate={self.norm_before_gate}")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
-    return value
+from .norm import RMSNormGated
 
 
 class Mamba2Block(nn.Module):
@@ -116,18 +75,18 @@ class Mamba2Block(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.d_model = _positive_int("d_model", d_model)
-        self.d_state = _positive_int("d_state", d_state)
-        self.d_conv = _positive_int("d_conv", d_conv)
-        self.headdim = _positive_int("headdim", headdim)
-        self.ngroups = _positive_int("ngroups", ngroups)
-        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        self.d_model = check_int("d_model", d_model)
+        self.d_state = check_int("d_state", d_state)
+        self.d_conv = check_int("d_conv", d_conv)
+        self.headdim = check_int("headdim", headdim)
+        self.ngroups = check_int("ngroups", ngroups)
+        self.chunk_size = check_int("chunk_size", chunk_size)
         d_inner = expand * d_model
         if d_inner != int(d_inner) or d_inner < 1:
             raise ConfigError(f"expand: expand · d_model must be a positive integer, "
                               f"got {expand} · {d_model}")
         self.expand, self.d_inner = expand, int(d_inner)
-        self.d_ssm = self.d_inner if d_ssm is None else _positive_int("d_ssm", d_ssm)
+        self.d_ssm = self.d_inner if d_ssm is None else check_int("d_ssm", d_ssm)
         if self.d_ssm > self.d_inner:
             raise ConfigError(f"d_ssm: expected at most d_inner={self.d_inner}, got {self.d_ssm}")
         if self.d_ssm % self.headdim != 0:
@@ -180,7 +139,7 @@ class Mamba2Block(nn.Module):
         return torch.split(zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
 
     def _A(self) -> torch.Tensor:
-        compute = torch.float64 if self.A_log.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(self.A_log)
         return -torch.exp(self.A_log.to(compute))                   # (heads,)
 
     def _D(self) -> torch.Tensor:
@@ -254,7 +213,7 @@ class Mamba2Block(nn.Module):
         Defaults: the block's device; conv_state in conv1d's dtype, ssm_state in in_proj's dtype (as
         mamba_ssm).
         """
-        _positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
         device = self.in_proj.weight.device if device is None else device
         return {
             "conv_state": torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device,

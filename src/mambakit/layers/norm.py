@@ -1,13 +1,14 @@
 """RMSNorm (Zhang & Sennrich, "Root Mean Square Layer Normalization"), the norm of the Mamba residual
-stack."""
+stack, and its grouped, gated form at the output of the Mamba-2 block."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_tensor
-from ..errors import ShapeError
+from .._checks import check_tensor, compute_dtype
+from ..errors import ConfigError, ShapeError
 
 
 class RMSNorm(nn.Module):
@@ -28,10 +29,46 @@ class RMSNorm(nn.Module):
             raise ShapeError(
                 f"x: expected last dimension {self.weight.shape[0]} (d_model), got shape {tuple(x.shape)}"
             )
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(x)
         xf = x.to(compute)
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.to(compute)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class RMSNormGated(nn.Module):
+    """RMSNorm over groups of channels, gated by silu(z) (the Mamba-2 output norm).
+
+    With ``norm_before_gate=False`` (Mamba-2's choice): out = rmsnorm(x · silu(z)) · weight; with True:
+    out = rmsnorm(x) · weight · silu(z). The mean square is taken over each of the ``dim / group_size`` groups
+    of consecutive channels separately. Computed in float32 (float64 for float64 input).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None,
+                 norm_before_gate: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        group_size = dim if group_size is None else group_size
+        if group_size < 1 or dim % group_size != 0:
+            raise ConfigError(f"group_size: expected a divisor of dim={dim}, got {group_size}")
+        self.dim, self.eps, self.group_size, self.norm_before_gate = dim, eps, group_size, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """x, z: (..., dim) -> (..., dim) in x's dtype."""
+        compute = compute_dtype(x)
+        xf = x.to(compute)
+        gate = F.silu(z.to(compute)) if z is not None else None
+        if gate is not None and not self.norm_before_gate:
+            xf = xf * gate
+        grouped = xf.unflatten(-1, (-1, self.group_size))
+        xf = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        xf = xf * self.weight.to(compute)
+        if gate is not None and self.norm_before_gate:
+            xf = xf * gate
+        return xf.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.dim}, eps={self.eps}, group_size={self.group_size}, "
+                f"norm_before_gate={self.norm_before_gate}")

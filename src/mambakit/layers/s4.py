@@ -21,11 +21,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_tensor
+from .._checks import check_int, check_tensor
 from ..errors import ConfigError, ShapeError
 from ..ssm.hippo import legs_nplr
 from ..ssm.kernels import causal_fft_conv, dplr_dense, kernel_dplr, krylov
-from .s4d import SSMMixer, as_complex, check_positive_int, log_uniform
+from .ssm_mixer import SSMMixer, as_complex, log_uniform
 
 
 class S4(SSMMixer):
@@ -48,7 +48,7 @@ class S4(SSMMixer):
                  layer_idx: int | None = None, device=None, dtype=None) -> None:
         super().__init__(d_model, dropout, mode, layer_idx, device, dtype)
         dtype = self.D.dtype  # the default dtype when none is given, so no parameter stays float64
-        self.d_state = check_positive_int("d_state", d_state)
+        self.d_state = check_int("d_state", d_state)
         if dplr_init is None:
             Lambda, V, P, B = legs_nplr(d_state)
             # In the eigenbasis: p̃ = V* p and B̃ = V* B (the output C is learned there directly).
