@@ -33,6 +33,7 @@ def selectivity_gap(seed: int) -> tuple[float, float, int]:
     return mamba, s4d, steps
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_mamba_learns_selective_copying_and_s4d_does_not():
     mamba, s4d, steps = selectivity_gap(seed=0)

@@ -19,6 +19,7 @@ LOSS_TOL = 1e-5
 WEIGHT_TOL = 1e-5
 
 
+@pytest.mark.slow
 def test_two_process_gloo_matches_single_process(corpus, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     ddp_run = tmp_path / "ddp"

@@ -33,6 +33,7 @@ def _train_subprocess(args, env_extra=None, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, expected_latest", [("after-step:5", 3), ("mid-checkpoint:6", 3)])
 def test_resume_after_sigkill_matches_uninterrupted_run(corpus, tmp_path, uninterrupted, fault,
                                                         expected_latest):
@@ -49,6 +50,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(corpus, tmp_path, uninte
     assert not list((run / "checkpoints").glob(".*"))  # the half-written checkpoint was cleaned up
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path, signum, code):
     run = tmp_path / "interrupted"
@@ -67,6 +69,7 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path
     assert (run / "loss_curve.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_time_budget_stops_early_with_a_final_eval_and_checkpoint(corpus, tmp_path):
     run = tmp_path / "budget"
     start = time.monotonic()
