@@ -1,4 +1,4 @@
-"""The chunked SSD's cost choices that must not change its results (mambakit.ops.ssd_chunked):
+"""The chunked SSD's cost choices that must not change its results (mambakit.ops.ssd.chunked):
 
 - chunks longer than _LONGEST_CHUNK run as chunks of that length: identical to asking for it, and the long
   chunks themselves (the cap lifted) still agree with the recurrence;

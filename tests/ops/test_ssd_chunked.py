@@ -1,4 +1,4 @@
-"""The chunked SSD's hand-written backward (mambakit.ops.ssd_chunked) against the recurrence ssd_ref.
+"""The chunked SSD's hand-written backward (mambakit.ops.ssd.chunked) against the recurrence ssd_ref.
 
 Every option the public function takes is swept: chunk sizes 1, 3, 64 and longer than L (L not a multiple of
 the chunk), one and several groups, D per head and per channel, the gate z, dt_bias, softplus, dt_limit,
@@ -232,6 +232,7 @@ def test_inputs_are_not_modified():
         assert torch.equal(kw[k].detach(), before[k]), k
 
 
+@pytest.mark.slow   # L >= 16k
 @pytest.mark.parametrize("chunk_size", [64, 256])
 def test_extreme_dt_long_sequence_finite(chunk_size):
     """dt in [-50, 50] before softplus, L = 16384: outputs and every gradient finite."""

@@ -257,6 +257,7 @@ def test_bfloat16_chunked_stays_in_bfloat16_and_close(native_bf16_matmuls, monke
     assert rel_err(s16, s32) <= 5e-2
 
 
+@pytest.mark.slow   # L >= 16k
 def test_extreme_dt_stays_finite_over_a_long_sequence():
     """dt in [-50, 50] before softplus, L = 16384: no NaN or Inf, forward or backward."""
     L = 16384
