@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from mambakit.ops import selective_scan_ref
-from mambakit.ops.cpu_math import exp_float32
-from mambakit.ops.scan_chunked import selective_scan_chunked
-from mambakit.ops.scan_cpu import selective_scan_cpu
+from mambakit.ops.cpu.kernel_math import exp_float32
+from mambakit.ops.selective_scan.chunked import selective_scan_chunked
+from mambakit.ops.selective_scan.cpu import selective_scan_cpu
 
 DEFAULT_SHAPES = ["1,1536,2048,16", "4,1536,1024,16", "1,768,8192,16", "1,768,1024,16"]
 QUICK_SHAPES = ["1,256,512,16"]

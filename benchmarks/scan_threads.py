@@ -5,10 +5,11 @@ in every repeat so that a busy machine slows them alike:
 
 - the whole ``selective_scan(backend="cpu")`` forward, and forward+backward (bias, softplus, D·u and the
   SiLU(z) gate all inside the numba kernels);
-- the same forward on the per-channel kernel (``scan_cpu.LANE_FORWARD = False``) instead of the
-  channel-vectorised one (``scan_cpu_lanes``), which float32 with input-dependent B and C uses;
+- the same forward on the per-channel kernel (``selective_scan_cpu(..., forward_kernel="channels")``)
+  instead of the channel-vectorised one (``selective_scan.cpu_lanes``), which float32 with input-dependent
+  B and C uses;
 - the same scan with the kernels running only the recurrence and torch doing the prologue (bias, softplus)
-  and the epilogue (D·u, gate) around them (``scan_common.run_real_scan``, how the ``chunked`` and
+  and the epilogue (D·u, gate) around them (``selective_scan.common.run_real_scan``, how the ``chunked`` and
   ``triton`` backends work): what fusing those passes saves;
 - the recurrence alone through the autograd Function (no options);
 - the bare per-channel forward kernel, recurrence only, over all channels on one thread and cut into two
@@ -31,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mambakit.ops import scan_cpu, scan_cpu_lanes, selective_scan
-from mambakit.ops.scan_common import kernel_layout, run_real_scan
-from mambakit.ops.scan_cpu import CHUNK, _FusedScan, _scan_forward_kernel
+from mambakit.ops import selective_scan
+from mambakit.ops.selective_scan import cpu_lanes
+from mambakit.ops.selective_scan.common import kernel_layout, run_real_scan
+from mambakit.ops.selective_scan.cpu import CHUNK, FusedScan, scan_forward_kernel, selective_scan_cpu
 
 
 def interleaved_ms(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
@@ -55,7 +57,7 @@ def recurrence_only(u, dt, A, B, C):
     dim = u.shape[1]
     Bk, b_index = kernel_layout(B, dim)
     Ck, c_index = kernel_layout(C, dim)
-    return _FusedScan.apply(u, dt, A, Bk, Ck, None, None, None, False, b_index, c_index)
+    return FusedScan.apply(u, dt, A, Bk, Ck, None, None, None, False, b_index, c_index)
 
 
 def main() -> None:
@@ -88,13 +90,13 @@ def main() -> None:
     pairs = b * d
 
     def kernel(first: int, end: int) -> None:
-        _scan_forward_kernel(*arrays, *absent, *b_index, *c_index, CHUNK, first, end, np.float32(0), *outs)
+        scan_forward_kernel(*arrays, *absent, *b_index, *c_index, CHUNK, first, end, np.float32(0), *outs)
 
-    lanes = min(scan_cpu_lanes.LANES, d)
-    blocks = scan_cpu_lanes.lane_blocks(b, d, b_index[2], c_index[2], lanes)
+    lanes = min(cpu_lanes.LANES, d)
+    blocks = cpu_lanes.lane_blocks(b, d, b_index[2], c_index[2], lanes)
 
     def lane_kernel(first: int, end: int) -> None:
-        scan_cpu_lanes._scan_forward_lanes_kernel(*arrays, *absent, b_index[0], b_index[2], c_index[0],
+        cpu_lanes.scan_forward_lanes_kernel(*arrays, *absent, b_index[0], b_index[2], c_index[0],
                                                   c_index[2], CHUNK, lanes, blocks, first, end, np.float32(0),
                                                   *outs)
 
@@ -103,15 +105,6 @@ def main() -> None:
         other.start()
         fn(0, count // 2)
         other.join()
-
-    def per_channel(fn):
-        def run():
-            scan_cpu.LANE_FORWARD = False
-            try:
-                return fn()
-            finally:
-                scan_cpu.LANE_FORWARD = True
-        return run
 
     def fused(*args):
         return selective_scan(*args, True, backend="cpu")
@@ -132,7 +125,8 @@ def main() -> None:
     print("|---|---|---|---|")
     rows = {
         "selective_scan(backend='cpu') forward, all fused": lambda: fused(*inputs),
-        "the same on the per-channel kernel (LANE_FORWARD = False)": per_channel(lambda: fused(*inputs)),
+        "the same on the per-channel kernel (forward_kernel='channels')":
+            lambda: selective_scan_cpu(*inputs, True, forward_kernel="channels"),
         "forward, torch prologue/epilogue around the kernel": lambda: torch_around_kernel(*inputs),
         "forward, recurrence only (no bias/softplus/D/gate)": lambda: recurrence_only(u, dt, A, B, C),
         "torch softplus(delta + bias)": lambda: F.softplus(delta + bias[:, None]),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import importlib
 import logging
 import statistics
 import time
@@ -32,10 +31,9 @@ import torch
 from torch import nn
 
 from mambakit.layers.mamba2 import Mamba2Block
-from mambakit.ops.ssd import _matmul_dtype, ssd
-
-# The module (``mambakit.ops.ssd_chunked`` as an attribute of the package is the function of that name).
-ssd_chunked = importlib.import_module("mambakit.ops.ssd_chunked")
+from mambakit.ops.ssd import chunked as ssd_chunked
+from mambakit.ops.ssd import ssd
+from mambakit.ops.ssd.common import matmul_dtype
 
 # ------------------------------------------------------------------------------------------
 # Measuring
@@ -178,7 +176,7 @@ def bench_op(args) -> None:
     fp32_rate = matmul_throughput(torch.float32, args.matmul_size, args.repeats)
     # Without native bf16 matmuls (AVX-512 BF16 / AMX) the op computes bf16 inputs with float32 matmuls,
     # and a bf16 matmul would take minutes: measure what the op uses.
-    bf16_native = _matmul_dtype(torch.empty(0, dtype=torch.bfloat16)) == torch.bfloat16
+    bf16_native = matmul_dtype(torch.empty(0, dtype=torch.bfloat16)) == torch.bfloat16
     bf16_rate = (matmul_throughput(torch.bfloat16, args.matmul_size, args.repeats) if bf16_native
                  else fp32_rate)
     print(f"matmul throughput ({args.matmul_size}^3): fp32 {fp32_rate / 1e9:.0f} GFLOP/s, "

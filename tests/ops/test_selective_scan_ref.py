@@ -159,6 +159,7 @@ def test_gradcheck_all_inputs(complex_A, b_layout, c_layout):
 # ---- numerics ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow   # L >= 16k
 @pytest.mark.parametrize("complex_A", [False, True], ids=["realA", "complexA"])
 def test_no_overflow_long_sequence_extreme_delta_and_A(complex_A):
     # delta spans [-50, 50] before softplus, |A| spans up to 1e3, L = 16384, in float32.

@@ -1,4 +1,4 @@
-"""The chunked SSD's cost choices that must not change its results (mambakit.ops.ssd_chunked):
+"""The chunked SSD's cost choices that must not change its results (mambakit.ops.ssd.chunked):
 
 - chunks longer than _LONGEST_CHUNK run as chunks of that length: identical to asking for it, and the long
   chunks themselves (the cap lifted) still agree with the recurrence;
@@ -11,15 +11,13 @@ Oracle: ssd_ref in float64 under autograd on fresh random inputs, forward and ev
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from test_ssd_chunked import INPUTS, make_case, outputs_and_grads, rel_err
 
+from mambakit.ops.ssd import chunked as chunked_module
 from mambakit.ops.ssd import ssd, ssd_ref
 
-chunked_module = importlib.import_module("mambakit.ops.ssd_chunked")
 DTYPES = [(torch.float64, 1e-10), (torch.float32, 1e-4)]
 FLAGS = dict(dt_softplus=True, return_final_states=True)
 

@@ -1,4 +1,4 @@
-"""The chunked SSD's hand-written backward (mambakit.ops.ssd_chunked) against the recurrence ssd_ref.
+"""The chunked SSD's hand-written backward (mambakit.ops.ssd.chunked) against the recurrence ssd_ref.
 
 Every option the public function takes is swept: chunk sizes 1, 3, 64 and longer than L (L not a multiple of
 the chunk), one and several groups, D per head and per channel, the gate z, dt_bias, softplus, dt_limit,
@@ -9,15 +9,13 @@ under autograd, on fresh random inputs; outputs and all gradients must agree to 
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
+from mambakit.ops.ssd import chunked as chunked_module
 from mambakit.ops.ssd import ssd, ssd_ref
 
 INPUTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
-chunked_module = importlib.import_module("mambakit.ops.ssd_chunked")
 
 
 @pytest.fixture(params=["factored", "masked"])
@@ -234,6 +232,7 @@ def test_inputs_are_not_modified():
         assert torch.equal(kw[k].detach(), before[k]), k
 
 
+@pytest.mark.slow   # L >= 16k
 @pytest.mark.parametrize("chunk_size", [64, 256])
 def test_extreme_dt_long_sequence_finite(chunk_size):
     """dt in [-50, 50] before softplus, L = 16384: outputs and every gradient finite."""
@@ -255,8 +254,8 @@ def test_extreme_dt_long_sequence_finite(chunk_size):
 def test_bfloat16_inputs(native_bf16_matmuls, monkeypatch):
     """bf16 x, B, C, z: output and gradients in bf16, close to the float32 computation; with or without
     bf16 matmuls (forced on here even where the CPU lacks them)."""
-    ssd_module = importlib.import_module("mambakit.ops.ssd")
-    monkeypatch.setattr(ssd_module, "_cpu_has_fast_bf16_matmul", lambda: native_bf16_matmuls)
+    from mambakit.ops.ssd import common as ssd_common
+    monkeypatch.setattr(ssd_common, "cpu_has_fast_bf16_matmul", lambda: native_bf16_matmuls)
     kw = make_case(1, 40, 4, 8, 2, 8, seed=26, D="heads")
     low = ("x", "B", "C", "z")
     results = {}
@@ -326,7 +325,7 @@ def test_masked_form_without_kept_decay_masks(monkeypatch):
     kw = make_case(2, 23, 4, 3, 2, 5, seed=33, D=None, z=False, dt_bias=False, init=False, softplus=False)
     x, dt, A, B, C = (kw[k] for k in ("x", "dt", "A", "B", "C"))
     with torch.no_grad():
-        y_no_grad, _ = chunked_module.chunked_ssd(x, dt, A, B, C, 4, None, None, None, None, torch.float64)
+        y_no_grad, _ = chunked_module._apply_chunked(x, dt, A, B, C, 4, None, None, None, None, torch.float64)
     leaves = [t.clone().requires_grad_() for t in (x, dt, B, C)]
     y, _ = chunked_module.ChunkedSSD.apply(leaves[0], leaves[1], A, leaves[2], leaves[3], None, None, None,
                                            None, 4, torch.float64, False)

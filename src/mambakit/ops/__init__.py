@@ -1,10 +1,18 @@
-"""Operations: the selective scan (Mamba), the SSD scan (Mamba-2) and the causal convolution, each with a
-plain reference beside its faster forms."""
+"""Operations: the selective scan (Mamba), the SSD scan (Mamba-2) and the causal convolution, one package
+each with its plain reference (``ref``) beside its faster forms; ``cpu`` holds what their numba kernels
+share. Each operation picks its implementation with one ``backend=`` keyword ("auto" or a name)."""
 
-from .backends import available_backends
 from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
-from .selective_scan import selective_scan, selective_scan_ref, selective_state_update
-from .ssd import mamba_chunk_scan_combined, ssd, ssd_chunked, ssd_quadratic, ssd_ref, ssd_state_update
+from .selective_scan import available_backends, selective_scan, selective_scan_ref, selective_state_update
+from .ssd import (
+    mamba_chunk_scan_combined,
+    ssd,
+    ssd_chunked,
+    ssd_minimal,
+    ssd_quadratic,
+    ssd_ref,
+    ssd_state_update,
+)
 
 __all__ = [
     "available_backends",
@@ -17,6 +25,7 @@ __all__ = [
     "selective_state_update",
     "ssd",
     "ssd_chunked",
+    "ssd_minimal",
     "ssd_quadratic",
     "ssd_ref",
     "ssd_state_update",

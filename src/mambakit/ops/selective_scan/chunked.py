@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .scan_common import run_real_scan
+from .common import run_real_scan
 
 CHUNK: int | None = None        # steps per chunk; None: chosen from the problem size by _chunk_length
 CHUNK_ELEMENTS = 1 << 20        # aim for about this many (batch·dim·K·N) elements per chunk

@@ -1,13 +1,13 @@
 """Fused selective scan in Triton (backend ``"triton"``), for CUDA GPUs.
 
-The same algorithm as the fused CPU backend (:mod:`mambakit.ops.scan_cpu`): one program per (batch row,
-block of BLOCK_D channels) keeps the (BLOCK_D, N) state in registers while it walks L (starting from zeros or
-the given initial state), writes y, the last state and the state at every chunk boundary; the backward
-program walks the chunks in reverse, recomputing each chunk's states from its saved start into a (batch,
-dim, CHUNK, N) scratch buffer, then walks the chunk backwards, ending with the gradient of the initial state
-(that of the state before step 0). Gradients of B and C (shared by channels) and of A (shared by batch
+The same algorithm as the fused CPU backend (:mod:`mambakit.ops.selective_scan.cpu`): one program per
+(batch row, block of BLOCK_D channels) keeps the (BLOCK_D, N) state in registers while it walks L (starting
+from zeros or the given initial state), writes y, the last state and the state at every chunk boundary; the
+backward program walks the chunks in reverse, recomputing each chunk's states from its saved start into a
+(batch, dim, CHUNK, N) scratch buffer, then walks the chunk backwards, ending with the gradient of the initial
+state (that of the state before step 0). Gradients of B and C (shared by channels) and of A (shared by batch
 rows) are summed with atomic adds. The bias, softplus, D and the SiLU(z) gate stay in torch
-(:mod:`mambakit.ops.scan_common`).
+(:mod:`mambakit.ops.selective_scan.common`).
 
 Triton is optional: without it this module still imports and ``selective_scan_triton`` raises a
 ConfigError saying so. On machines without a GPU the kernels run under the Triton interpreter
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from .scan_common import kernel_core, run_real_scan
+from ...errors import ConfigError
+from .common import kernel_core, run_real_scan
 
 try:
     import triton

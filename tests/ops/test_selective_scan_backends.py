@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from scan_inputs import LAYOUTS, random_scan_inputs
 
 from mambakit.errors import ConfigError, DTypeError
-from mambakit.ops import available_backends, scan_chunked, scan_cpu, selective_scan, selective_scan_ref
-from mambakit.ops.backends import auto_backend, resolve_backend
-from mambakit.ops.scan_chunked import selective_scan_chunked
-from mambakit.ops.scan_cpu import selective_scan_cpu
+from mambakit.ops import available_backends, selective_scan, selective_scan_ref
+from mambakit.ops.selective_scan import auto_backend, resolve_backend
+from mambakit.ops.selective_scan import chunked as scan_chunked
+from mambakit.ops.selective_scan import cpu as scan_cpu
+from mambakit.ops.selective_scan.chunked import selective_scan_chunked
+from mambakit.ops.selective_scan.cpu import selective_scan_cpu
 
 FAST = {"cpu": selective_scan_cpu, "chunked": selective_scan_chunked}
 CHUNK_MODULES = {"cpu": scan_cpu, "chunked": scan_chunked}
@@ -143,6 +145,7 @@ def test_extreme_inputs_match_reference():
         _assert_close_relative(_outputs_and_grads(fn, kwargs, True), want, 1e-4, name)
 
 
+@pytest.mark.slow   # L >= 16k
 def test_extreme_inputs_long_sequence_stay_finite():
     kwargs = _extreme_inputs(2**16, seed=6)
     results = {name: _outputs_and_grads(fn, kwargs, True) for name, fn in FAST.items()}
@@ -253,9 +256,10 @@ _TRITON_CASES = '''
 import itertools, sys
 import torch
 sys.path.insert(0, {tests_dir!r})
-from test_backends import OPTIONS, _assert_close_relative, _outputs_and_grads, _stable
+from test_selective_scan_backends import OPTIONS, _assert_close_relative, _outputs_and_grads, _stable
 from scan_inputs import random_scan_inputs
-from mambakit.ops import scan_triton, selective_scan_ref
+from mambakit.ops import selective_scan_ref
+from mambakit.ops.selective_scan import triton as scan_triton
 scan_triton.CHUNK = 4   # 11 steps: two full chunks and a partial one
 cases = [("shared", "grouped", torch.float64, 11), ("fixed", "shared", torch.float32, 11),
          ("grouped", "fixed", torch.float64, 1), ("grouped", "grouped", torch.float32, 9)]
@@ -282,7 +286,7 @@ def run_under_triton_interpreter(cases: str) -> None:
     import subprocess
     import sys
 
-    from mambakit.ops.backends import triton_available
+    from mambakit.ops.selective_scan import triton_available
 
     if not triton_available():
         pytest.skip("triton is not installed (pip install triton): the Triton backend is tested only with it")
@@ -299,7 +303,7 @@ def test_triton_backend_under_interpreter_matches_reference():
 
 
 def test_triton_backend_without_triton_says_so(monkeypatch):
-    from mambakit.ops import scan_triton
+    from mambakit.ops.selective_scan import triton as scan_triton
 
     monkeypatch.setattr(scan_triton, "triton", None)
     kwargs = random_scan_inputs(1, 2, 2, 3, b_layout="shared", c_layout="shared", complex_A=False)
@@ -308,7 +312,7 @@ def test_triton_backend_without_triton_says_so(monkeypatch):
 
 
 def _run_two_blocks_and_exit() -> None:
-    from mambakit.ops.cpu_threads import run_blocks
+    from mambakit.ops.cpu.threads import run_blocks
 
     ran = []
     run_blocks(lambda worker, first, end: ran.append(first), 2, [(0, 1), (1, 2)])
@@ -320,7 +324,7 @@ def test_thread_pool_works_in_a_forked_child():
     import multiprocessing
     import os
 
-    from mambakit.ops.cpu_threads import run_blocks
+    from mambakit.ops.cpu.threads import run_blocks
 
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
@@ -336,7 +340,7 @@ def test_thread_pool_works_in_a_forked_child():
 def test_float32_exp_of_cpu_kernels_is_accurate_and_saturates_like_exp():
     import numpy as np
 
-    from mambakit.ops.cpu_math import exp_float32
+    from mambakit.ops.cpu.kernel_math import exp_float32
 
     x = np.concatenate([np.linspace(-100, 100, 400_001, dtype=np.float32),
                         np.random.default_rng(0).uniform(-20, 0, 100_000).astype(np.float32)])

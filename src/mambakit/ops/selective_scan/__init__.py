@@ -1,4 +1,8 @@
-"""Registry of selective-scan implementations behind :func:`mambakit.ops.selective_scan`.
+"""The selective scan (S6) of Mamba: :func:`selective_scan` and the registry of its implementations.
+
+Modules: ``ref`` (the readable reference ``selective_scan_ref`` and the one-token step
+``selective_state_update``), ``common`` (argument checks, kernel layout, prologue and epilogue shared by the
+backends), ``chunked``, ``cpu`` (with ``cpu_lanes``, its channel-vectorised float32 forward) and ``triton``.
 
 Every backend takes the arguments of ``selective_scan_ref`` positionally and returns the same results.
 Backends are imported on first use, so ``import mambakit`` does not pay for numba or Triton.
@@ -26,15 +30,18 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import ConfigError
-from .selective_scan import selective_scan_ref
+from ...errors import ConfigError
+from .ref import selective_scan_ref, selective_state_update
+
+__all__ = ["auto_backend", "available_backends", "resolve_backend", "selective_scan", "selective_scan_ref",
+           "selective_state_update", "triton_available"]
 
 # name -> (module, function); resolved lazily.
 _BACKENDS: dict[str, tuple[str, str]] = {
-    "ref": ("mambakit.ops.selective_scan", "selective_scan_ref"),
-    "chunked": ("mambakit.ops.scan_chunked", "selective_scan_chunked"),
-    "cpu": ("mambakit.ops.scan_cpu", "selective_scan_cpu"),
-    "triton": ("mambakit.ops.scan_triton", "selective_scan_triton"),
+    "ref": ("mambakit.ops.selective_scan.ref", "selective_scan_ref"),
+    "chunked": ("mambakit.ops.selective_scan.chunked", "selective_scan_chunked"),
+    "cpu": ("mambakit.ops.selective_scan.cpu", "selective_scan_cpu"),
+    "triton": ("mambakit.ops.selective_scan.triton", "selective_scan_triton"),
 }
 _COMPLEX_CAPABLE = {"ref"}
 
@@ -85,3 +92,28 @@ def resolve_backend(backend: str, u: torch.Tensor, A: torch.Tensor) -> Callable:
     if name == "ref":
         return selective_scan_ref
     return _load(name)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str = "auto",
+    *,
+    initial_state: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with a choice of implementation; arguments and results as :func:`selective_scan_ref`.
+
+    ``backend``: ``"auto"`` picks the fastest correct implementation for the inputs' device and dtype;
+    ``mambakit.ops.available_backends()`` lists the names accepted.
+    """
+    fn = resolve_backend(backend, u, A)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+              initial_state=initial_state)

@@ -2,7 +2,8 @@
 
 Each channel is convolved with its own kernel of width W over the W-1 previous inputs and the current one
 (zero left padding), so output t never sees input t+1. ``causal_conv1d_update`` is the same map one step
-at a time, over a rolling window of the last W inputs (the conv state).
+at a time, over a rolling window of the last W inputs (the conv state). Both are the readable references
+(torch's grouped conv1d and a windowed sum) that the fused kernel of :mod:`.cpu` is tested against.
 """
 
 from __future__ import annotations
@@ -10,22 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
-from ..errors import ConfigError, ShapeError
-
-_ACTIVATIONS = (None, "silu", "swish")
-
-
-def _check_common(weight: torch.Tensor, bias: torch.Tensor | None, dim: int, activation: str | None) -> None:
-    check_tensor("weight", weight, ndim=2)
-    check_shape("weight", weight, (dim, None), "(dim, width)")
-    if weight.shape[1] < 1:
-        raise ShapeError(f"weight: width (dim 1) must be >= 1, got {weight.shape[1]}")
-    if bias is not None:
-        check_tensor("bias", bias, ndim=1)
-        check_shape("bias", bias, (dim,))
-    if activation not in _ACTIVATIONS:
-        raise ConfigError(f"activation: expected None, 'silu' or 'swish', got {activation!r}")
+from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
+from .checks import check_conv_params
 
 
 def causal_conv1d_ref(
@@ -47,7 +34,7 @@ def causal_conv1d_ref(
     """
     check_tensor("x", x, ndim=3)
     dim = x.shape[1]
-    _check_common(weight, bias, dim, activation)
+    check_conv_params(weight, bias, dim, activation)
     check_same_device(x=x, weight=weight, bias=bias)
     check_same_real_dtype(x=x, weight=weight, bias=bias)
     width = weight.shape[1]
@@ -74,7 +61,7 @@ def causal_conv1d_update(
     """
     check_tensor("x", x, ndim=2)
     batch, dim = x.shape
-    _check_common(weight, bias, dim, activation)
+    check_conv_params(weight, bias, dim, activation)
     check_tensor("conv_state", conv_state, ndim=3)
     check_shape("conv_state", conv_state, (batch, dim, weight.shape[1]), "(batch, dim, width)")
     check_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
@@ -87,29 +74,3 @@ def causal_conv1d_update(
         out = out + bias
     out = out.to(x.dtype)
     return F.silu(out) if activation is not None else out
-
-
-_CONV_BACKENDS = ("auto", "ref", "cpu")
-
-
-def causal_conv1d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """Causal depthwise convolution, choosing its implementation; same results as :func:`causal_conv1d_ref`.
-
-    ``backend``: ``"auto"`` (the fused numba kernel for CPU tensors, else the reference), ``"cpu"`` or
-    ``"ref"``.
-    """
-    if backend not in _CONV_BACKENDS:
-        raise ConfigError(f"backend: expected one of {list(_CONV_BACKENDS)}, got {backend!r}")
-    if backend == "auto":
-        backend = "cpu" if isinstance(x, torch.Tensor) and x.device.type == "cpu" else "ref"
-    if backend == "cpu":
-        from .conv1d_cpu import causal_conv1d_cpu  # numba loads only when the fused kernel is used
-
-        return causal_conv1d_cpu(x, weight, bias, activation)
-    return causal_conv1d_ref(x, weight, bias, activation)

@@ -7,18 +7,30 @@ triton is installed); bad inputs are named errors."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
 import torch
 from scan_inputs import random_scan_inputs
-from test_backends import _assert_close_relative, _outputs_and_grads, _stable, run_under_triton_interpreter
-from test_scan_cpu_fused import ALL_OPTIONS, _count_lane_kernel_calls, assert_one_float32_variant_per_kernel
+from test_selective_scan_backends import (
+    _assert_close_relative,
+    _outputs_and_grads,
+    _stable,
+    run_under_triton_interpreter,
+)
+from test_selective_scan_cpu import (
+    ALL_OPTIONS,
+    _count_lane_kernel_calls,
+    assert_one_float32_variant_per_kernel,
+)
 
 from mambakit.errors import DeviceError, DTypeError, ShapeError
-from mambakit.ops import scan_chunked, scan_cpu, selective_scan, selective_scan_ref
-from mambakit.ops.scan_chunked import selective_scan_chunked
-from mambakit.ops.scan_cpu import selective_scan_cpu
+from mambakit.ops import selective_scan, selective_scan_ref
+from mambakit.ops.selective_scan import chunked as scan_chunked
+from mambakit.ops.selective_scan import cpu as scan_cpu
+from mambakit.ops.selective_scan.chunked import selective_scan_chunked
+from mambakit.ops.selective_scan.cpu import selective_scan_cpu
 
 SEQUENCE_ARGS = ("u", "delta", "z", "B", "C")   # the arguments with a time axis (last), when not (dim, N)
 
@@ -92,7 +104,7 @@ OPTIONS = ALL_OPTIONS   # (D, z, delta_bias, delta_softplus), every combination
 def test_cpu_backend_matches_reference_with_initial_state(dtype, kernel, monkeypatch):
     # Every combination of options; L: one step, two chunks and a partial one, exactly three chunks.
     monkeypatch.setattr(scan_cpu, "CHUNK", 4)
-    monkeypatch.setattr(scan_cpu, "LANE_FORWARD", kernel == "lanes")
+    cpu = functools.partial(selective_scan_cpu, forward_kernel="auto" if kernel == "lanes" else "channels")
     calls = _count_lane_kernel_calls(monkeypatch)
     layouts = [("shared", "grouped", 1), ("grouped", "shared", 9), ("shared", "shared", 12),
                ("fixed", "shared", 9), ("grouped", "fixed", 12)]
@@ -103,7 +115,7 @@ def test_cpu_backend_matches_reference_with_initial_state(dtype, kernel, monkeyp
                                     groups=3, with_D=with_D, with_z=with_z, with_bias=with_bias, seed=seed)
         kwargs = _with_initial_state(_stable(kwargs, softplus), seed)
         what = f"{kernel} {options} {b_layout}/{c_layout} L={L}"
-        _compare(selective_scan_cpu, kwargs, softplus, dtype, what)
+        _compare(cpu, kwargs, softplus, dtype, what)
     assert bool(calls) == (kernel == "lanes" and dtype == torch.float32)
 
 
@@ -111,11 +123,11 @@ def test_cpu_backend_matches_reference_with_initial_state(dtype, kernel, monkeyp
 @pytest.mark.parametrize("L", [1, 131])
 def test_cpu_backend_with_initial_state_at_the_default_chunk(L, kernel, monkeypatch):
     assert scan_cpu.CHUNK == 64
-    monkeypatch.setattr(scan_cpu, "LANE_FORWARD", kernel == "lanes")
+    cpu = functools.partial(selective_scan_cpu, forward_kernel="lanes" if kernel == "lanes" else "channels")
     # Two groups of 20 channels: lane blocks of 20 channels in 32 lanes (the 12 padding lanes stay 0).
     kwargs = random_scan_inputs(2, 40, 16, L, b_layout="grouped", c_layout="shared", complex_A=False,
                                 groups=2, seed=L)
-    _compare(selective_scan_cpu, _with_initial_state(kwargs, L), True, torch.float32, f"{kernel} L={L}")
+    _compare(cpu, _with_initial_state(kwargs, L), True, torch.float32, f"{kernel} L={L}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -191,10 +203,11 @@ _TRITON_CASES = '''
 import sys
 import torch
 sys.path.insert(0, {tests_dir!r})
-from test_backends import _assert_close_relative, _outputs_and_grads, _stable
-from test_scan_initial_state import OPTIONS, _with_initial_state
+from test_selective_scan_backends import _assert_close_relative, _outputs_and_grads, _stable
+from test_selective_scan_initial_state import OPTIONS, _with_initial_state
 from scan_inputs import random_scan_inputs
-from mambakit.ops import scan_triton, selective_scan_ref
+from mambakit.ops import selective_scan_ref
+from mambakit.ops.selective_scan import triton as scan_triton
 scan_triton.CHUNK = 4   # 11 steps: two full chunks and a partial one
 cases = [("shared", "grouped", torch.float64, 11), ("fixed", "shared", torch.float32, 11),
          ("grouped", "fixed", torch.float64, 1), ("grouped", "grouped", torch.float32, 9)]

@@ -1,11 +1,12 @@
-"""Scalar float math for the numba CPU kernels (:mod:`.scan_cpu`, :mod:`.scan_cpu_lanes`, :mod:`.conv1d_cpu`).
+"""Scalar float math for the numba CPU kernels (``selective_scan.cpu``, ``selective_scan.cpu_lanes``,
+``conv1d.cpu``).
 
 numba's ``np.exp`` / ``math.exp`` is a scalar libm call that LLVM cannot vectorise, and the kernels are bound
 by their exponentials. So float32 gets its own branch-free exp (Cody-Waite range reduction and a degree-7
 polynomial, relative error below 6e-7, exactly 0 / inf / NaN where exp underflows, overflows or gets NaN) and
 log1p on [0, 1] (series of atanh), from which softplus (torch's threshold of 20) and sigmoid are built; the
-float64 versions keep libm. The ``_exp`` / ``_softplus`` / ``_sigmoid`` / ``_softplus_grad`` names dispatch
-on the scalar type when compiled, so one kernel source serves both dtypes.
+float64 versions keep libm. ``scalar_exp``, ``scalar_softplus``, ``scalar_sigmoid`` and
+``scalar_softplus_grad`` dispatch on the scalar type when compiled, so one kernel source serves both dtypes.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no 'nnan'/'ninf': infinities and NaN must survive
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no 'nnan'/'ninf': infinities and NaN must survive
 
 # float32 exp constants (Cody-Waite split of ln 2 and a minimax polynomial for exp on [-ln2/2, ln2/2]).
 _F32 = np.float32
 _EXP_HI = _F32(88.72283)     # above: exp overflows float32
 _EXP_LO = _F32(-87.33654)    # below: exp is under the smallest normal float32; we return 0
-_LOG2E = _F32(1.4426950408889634)
+LOG2E = _F32(1.4426950408889634)
 _LN2_HI = _F32(0.693359375)
 _LN2_LO = _F32(-2.12194440e-4)
 _P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
@@ -33,7 +34,7 @@ _MAX_EXP2 = _F32(127.0)
 
 
 @intrinsic
-def _int32_bits_as_float32(typingctx, bits):
+def int32_bits_as_float32(typingctx, bits):
     """Reinterpret the bits of an int32 as a float32 (a no-op cast LLVM can vectorise)."""
     if bits != types.int32:
         return None
@@ -44,11 +45,11 @@ def _int32_bits_as_float32(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
-@njit(fastmath=_FASTMATH, inline="always", cache=True)
+@njit(fastmath=FASTMATH, inline="always", cache=True)
 def _exp_float32(v):
     """exp(v) for float32 v, branch-free so the loops that call it vectorise."""
     x = min(max(v, _EXP_LO), _EXP_HI)
-    k = min(np.floor(x * _LOG2E + _HALF), _MAX_EXP2)
+    k = min(np.floor(x * LOG2E + _HALF), _MAX_EXP2)
     r = x - k * _LN2_HI - k * _LN2_LO
     p = _P0
     p = p * r + _P1
@@ -57,19 +58,19 @@ def _exp_float32(v):
     p = p * r + _P4
     p = p * r + _P5
     p = p * r * r + r + _ONE
-    two_to_k = _int32_bits_as_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    two_to_k = int32_bits_as_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
     result = p * two_to_k
     result = _ZERO if v < _EXP_LO else result
     result = _INF if v > _EXP_HI else result
     return v if v != v else result  # NaN in, NaN out
 
 
-def _exp(v):
+def scalar_exp(v):
     """exp, dispatched on the scalar type when compiled (float32: ours; float64: libm)."""
     return math.exp(v)
 
 
-@overload(_exp, inline="always")
+@overload(scalar_exp, inline="always")
 def _exp_overload(v):
     if v == types.float32:
         return lambda v: _exp_float32(v)
@@ -80,7 +81,7 @@ def elementwise_float32(scalar, name: str):
     """``name(x, out=None)``: the compiled float32 scalar function ``scalar`` over a 1-D float32 array, one
     thread, so tests and benchmarks run exactly the arithmetic the kernels inline."""
 
-    @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    @njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
     def kernel(x, out):
         for i in range(x.shape[0]):
             out[i] = scalar(x[i])
@@ -108,7 +109,7 @@ _TWO = _F32(2.0)
 _SOFTPLUS_THRESHOLD = 20.0   # softplus(x) = x above it, as torch's default threshold
 
 
-@njit(fastmath=_FASTMATH, inline="always", cache=True)
+@njit(fastmath=FASTMATH, inline="always", cache=True)
 def _log1p_unit_float32(y):
     """log(1 + y) for float32 y in [0, 1], accurate for tiny y, branch-free."""
     s = y / (_TWO + y)
@@ -122,7 +123,7 @@ def _log1p_unit_float32(y):
     return _TWO * s * (p * s2 + _ONE)
 
 
-def _softplus(x):
+def scalar_softplus(x):
     """softplus with torch's threshold (x above 20), dispatched on the scalar type when compiled.
 
     float32: max(x, 0) + log1p(exp(-|x|)), which never overflows; above 20 the log1p term is under half an
@@ -131,35 +132,35 @@ def _softplus(x):
     return x if x > _SOFTPLUS_THRESHOLD else max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-@overload(_softplus)
+@overload(scalar_softplus)
 def _softplus_overload(x):
     if x == types.float32:
         return lambda x: max(x, _ZERO) + _log1p_unit_float32(_exp_float32(-abs(x)))
     return lambda x: x if x > _SOFTPLUS_THRESHOLD else max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-def _sigmoid(x):
+def scalar_sigmoid(x):
     """1 / (1 + exp(-x)), dispatched on the scalar type when compiled; 0 or 1 where exp overflows."""
     return 1.0 / (1.0 + math.exp(-x))
 
 
-@overload(_sigmoid)
+@overload(scalar_sigmoid)
 def _sigmoid_overload(x):
     if x == types.float32:
         return lambda x: _ONE / (_ONE + _exp_float32(-x))
     return lambda x: 1.0 / (1.0 + math.exp(-x))
 
 
-def _softplus_grad(x):
+def scalar_softplus_grad(x):
     """d softplus / dx: sigmoid(x), and 1 above the threshold (in float32, sigmoid is exactly 1 there)."""
     return 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
 
 
-@overload(_softplus_grad)
+@overload(scalar_softplus_grad)
 def _softplus_grad_overload(x):
     if x == types.float32:
         return lambda x: _ONE / (_ONE + _exp_float32(-x))
     return lambda x: 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
 
 
-softplus_float32 = elementwise_float32(_softplus, "softplus_float32")
+softplus_float32 = elementwise_float32(scalar_softplus, "softplus_float32")

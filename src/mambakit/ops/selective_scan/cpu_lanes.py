@@ -1,10 +1,10 @@
 """The fused CPU scan's float32 forward kernel for input-dependent B and C, vectorised across channels.
 
-:mod:`mambakit.ops.scan_cpu`'s per-channel forward kernel vectorises one channel's step over the N lanes of
-its state and ends every step with a horizontal sum ``<C_t, h_t>``. When B and C depend on the step (the
-Mamba case: (batch, groups, L, N) in :func:`~mambakit.ops.scan_common.kernel_layout`), every channel of a
-group reads the same B_t and C_t, so this kernel takes a block of up to ``LANES`` channels of one batch row
-and one group of B and of C, keeps their states as an (N, lanes) tile, and per step does
+:mod:`mambakit.ops.selective_scan.cpu`'s per-channel forward kernel vectorises one channel's step over the
+N lanes of its state and ends every step with a horizontal sum ``<C_t, h_t>``. When B and C depend on the step
+(the Mamba case: (batch, groups, L, N) in :func:`~mambakit.ops.selective_scan.common.kernel_layout`), every
+channel of a group reads the same B_t and C_t, so this kernel takes a block of up to ``LANES`` channels of one
+batch row and one group of B and of C, keeps their states as an (N, lanes) tile, and per step does
 
     for n in range(N):   h[n, :] = exp(dt_t[:] · A[:, n]) ⊙ h[n, :] + (dt_t[:] · u_t[:]) · B[t, n]
                          y_t[:] += C[t, n] · h[n, :]
@@ -21,7 +21,7 @@ The decays are computed as 2^(dt · A·log2(e)) with A·log2(e) precomputed per 
 nearest integer k leaves f in [-1/2, 1/2] exactly, 2^f is a degree-5 polynomial (relative error below 2e-7
 in float32 arithmetic) and 2^k goes straight into the exponent bits, with the clamp to [-127, 128] giving
 exactly 0 below 2^-126.5 (k = -127: zero bits) and inf from 2^127.5 (k = 128: inf bits); NaN stays NaN.
-It takes about two thirds of the instructions of :mod:`~mambakit.ops.scan_cpu`'s float32 exp, which
+It takes about two thirds of the instructions of :mod:`~mambakit.ops.selective_scan.cpu`'s float32 exp, which
 matters because the forward pass is bound by its batch·dim·L·N decays.
 
 It writes exactly what the per-channel kernel writes (out, the state before every chunk in the layout the
@@ -34,7 +34,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .cpu_math import _FASTMATH, _LOG2E, _int32_bits_as_float32, _sigmoid, _softplus, elementwise_float32
+from ..cpu.kernel_math import (
+    FASTMATH,
+    LOG2E,
+    elementwise_float32,
+    int32_bits_as_float32,
+    scalar_sigmoid,
+    scalar_softplus,
+)
 
 LANES = 32   # channels per block; faster than 8, 16 and 64 on AVX2 (one thread, (1, 768, 2048, 16))
 
@@ -45,7 +52,7 @@ _Q4, _Q5 = _F32(0.009671513922512531), _F32(0.0013264714507386088)
 _K_MIN, _K_MAX, _ONE = _F32(-127.0), _F32(128.0), _F32(1.0)
 
 
-@njit(fastmath=_FASTMATH, inline="always", cache=True)
+@njit(fastmath=FASTMATH, inline="always", cache=True)
 def _exp2_float32(t):
     """2^t for float32 t, branch-free (see the module docstring for its range and accuracy)."""
     clamped = min(max(t, _K_MIN), _K_MAX)
@@ -57,7 +64,7 @@ def _exp2_float32(t):
     p = p * f + _Q2
     p = p * f + _Q1
     p = p * f + _ONE
-    result = p * _int32_bits_as_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    result = p * int32_bits_as_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
     return t if t != t else result   # NaN in, NaN out
 
 
@@ -84,7 +91,7 @@ def lane_blocks(batch: int, dim: int, channels_per_group_b: int, channels_per_gr
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True, inline="never")
+@njit(nogil=True, fastmath=FASTMATH, cache=True, inline="never")
 def _load_states(h, h0, b, d0, width, zero):
     """h (N, lanes) = the initial states h0[b, d0 + w] of the block's channels w < width, 0 beyond. Out of
     line: written inside the kernel, this loop made the kernel about 3% slower even without an initial
@@ -95,8 +102,8 @@ def _load_states(h, h0, b, d0, width, zero):
             h[n, w] = h0[b, d0 + w, n]
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, dpg_b, c_b_sel, dpg_c,
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, dpg_b, c_b_sel, dpg_c,
                                chunk, lanes, blocks, first_block, end_block, zero, out, states, last):
     """The per-channel forward kernel's (out, states, last) for the blocks ``first_block <= i < end_block``
     of ``blocks`` (rows (b, d0, d1) from :func:`lane_blocks`, at most ``lanes`` channels each).
@@ -122,7 +129,7 @@ def _scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_
         Cs = Ck[b * c_b_sel, d0 // dpg_c]
         for n in range(N):
             for w in range(lanes):
-                A_tile[n, w] = A[d0 + w, n] * _LOG2E if w < width else zero
+                A_tile[n, w] = A[d0 + w, n] * LOG2E if w < width else zero
         if has_h0:
             _load_states(h, h0, b, d0, width, zero)
         else:
@@ -140,7 +147,7 @@ def _scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_
                 delta_row = delta[b, d0 + w]
                 for t in range(T):
                     v = delta_row[t0 + t] + bias_d
-                    rows[w, t] = _softplus(v) if softplus else v
+                    rows[w, t] = scalar_softplus(v) if softplus else v
             for w in range(width):
                 u_row = u[b, d0 + w]
                 for t in range(T):
@@ -168,7 +175,7 @@ def _scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_
                     z_row = z[b, d0 + w]
                     for t in range(T):
                         zt = z_row[t0 + t]
-                        out_row[t0 + t] = (rows[w, t] + D_d * u_row[t0 + t]) * (zt * _sigmoid(zt))
+                        out_row[t0 + t] = (rows[w, t] + D_d * u_row[t0 + t]) * (zt * scalar_sigmoid(zt))
                 else:
                     for t in range(T):
                         out_row[t0 + t] = rows[w, t] + D_d * u_row[t0 + t]

@@ -1,6 +1,6 @@
 """Fused CPU selective scan (backend ``"cpu"``): numba kernels for the forward and the backward pass.
 
-The kernels compute all of :func:`~mambakit.ops.selective_scan.selective_scan_ref` for real A,
+The kernels compute all of :func:`~mambakit.ops.selective_scan.ref.selective_scan_ref` for real A,
 
     dt_t  = softplus(delta_t + delta_bias)               (bias and softplus optional)
     h_t   = exp(dt_t · A) ⊙ h_{t-1} + dt_t · u_t · B_t,    h_{-1} = 0 or the given initial state,
@@ -13,11 +13,12 @@ the last state and the state at the start of every chunk of ``CHUNK`` steps; dt 
 kept. The backward kernel recomputes dt, walks each chunk in reverse after recomputing its states (and
 <C, h> where z needs it) from the saved boundary, and produces du, d(delta), dz and per-thread partial sums of
 dA, dB, dC, dD and d(delta_bias). So the memory kept for training is O(batch·dim·L·(1 + N / CHUNK)). The
-(batch·dim) pairs are split over ``torch.get_num_threads()`` threads (:mod:`mambakit.ops.cpu_threads`).
+(batch·dim) pairs are split over ``torch.get_num_threads()`` threads (:mod:`mambakit.ops.cpu.threads`).
 
 In float32 with input-dependent B and C (Mamba's case) the forward pass runs
-:mod:`mambakit.ops.scan_cpu_lanes` instead: the same results, vectorised across blocks of channels that share
-B_t and C_t rather than across N, with no horizontal sum per step (``LANE_FORWARD`` switches it off).
+:mod:`mambakit.ops.selective_scan.cpu_lanes` instead: the same results, vectorised across blocks of
+channels that share B_t and C_t rather than across N, with no horizontal sum per step (the keyword
+``forward_kernel`` of :func:`selective_scan_cpu` chooses between the two explicitly).
 
 Absent D, z, delta_bias or initial state are passed to the kernels as zero-size arrays (the kernels test
 the size), so each kernel is compiled once per dtype, not once per combination of options.
@@ -29,7 +30,7 @@ to h_{-1}: at each step t it turns the gradient of h_t into that of h_{t-1} by m
 
 Speed: the forward pass does batch·dim·L·N exponentials, which bound it on CPUs (see docs/benchmarks.md).
 numba's ``np.exp`` is a scalar libm call here, so float32 uses the vectorisable exp and softplus of
-:mod:`.cpu_math` (over the N lanes of the state and along L); float64 keeps libm's.
+:mod:`mambakit.ops.cpu.kernel_math` (over the N lanes of the state and along L); float64 keeps libm's.
 """
 
 from __future__ import annotations
@@ -38,18 +39,17 @@ import numpy as np
 import torch
 from numba import njit
 
-from . import scan_cpu_lanes
-from .cpu_math import _FASTMATH, _exp, _sigmoid, _softplus, _softplus_grad
-from .cpu_threads import run_blocks, split_pairs
-from .scan_common import check_real_scan, empty_scan, kernel_layout
+from ...errors import ConfigError
+from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, scalar_softplus_grad
+from ..cpu.threads import run_blocks, split_pairs
+from . import cpu_lanes
+from .common import check_real_scan, empty_scan, kernel_layout
 
 CHUNK = 64  # steps between saved states; the backward pass keeps CHUNK × N states per thread
-# float32 forward with input-dependent B and C on the channel-vectorised kernel (scan_cpu_lanes); off: the
-# per-channel kernel everywhere (for comparing the two in tests and benchmarks).
-LANE_FORWARD = True
+FORWARD_KERNELS = ("auto", "lanes", "channels")
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def _steps(delta_row, bias_d, softplus, dt, dt_grad):
     """dt[t] = softplus(delta_row[t] + bias_d) (or without softplus); with softplus and a non-empty
     ``dt_grad``, also the softplus's derivative there."""
@@ -59,16 +59,16 @@ def _steps(delta_row, bias_d, softplus, dt, dt_grad):
             dt[t] = delta_row[t] + bias_d
     elif dt_grad.shape[0] == 0:
         for t in range(L):
-            dt[t] = _softplus(delta_row[t] + bias_d)
+            dt[t] = scalar_softplus(delta_row[t] + bias_d)
     else:
         for t in range(L):
             x = delta_row[t] + bias_d
-            dt[t] = _softplus(x)
-            dt_grad[t] = _softplus_grad(x)
+            dt[t] = scalar_softplus(x)
+            dt_grad[t] = scalar_softplus_grad(x)
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t_sel, dpg_b, c_b_sel,
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t_sel, dpg_b, c_b_sel,
                          c_t_sel, dpg_c, chunk, first_pair, end_pair, zero, out, states, last):
     """out[b, d, t] = (<C_t, h_t> + D[d]·u) · silu(z); states[b, d, c] = h before step c·chunk; last = h_L.
 
@@ -105,7 +105,7 @@ def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t
                 tc = t * c_t_sel
                 acc = zero
                 for n in range(N):
-                    hn = _exp(dtt * Ad[n]) * h[n] + x * Bs[tb, n]
+                    hn = scalar_exp(dtt * Ad[n]) * h[n] + x * Bs[tb, n]
                     h[n] = hn
                     acc += hn * Cs[tc, n]
                 out_row[t] = acc
@@ -115,14 +115,14 @@ def _scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t
             z_row = z[b, d]
             for t in range(L):
                 zt = z_row[t]
-                out_row[t] = (out_row[t] + D_d * u_row[t]) * (zt * _sigmoid(zt))
+                out_row[t] = (out_row[t] + D_d * u_row[t]) * (zt * scalar_sigmoid(zt))
         elif has_D:
             for t in range(L):
                 out_row[t] += D_d * u_row[t]
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel,
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel,
                           dpg_c, chunk, first_pair, end_pair, zero, states, dout, dlast,
                           du, ddelta, dz, dh0, dA_part, dB_part, dC_part, dD_part, dbias_part):
     """Gradients of the forward kernel's (out, last) for the upstream gradients (dout, dlast).
@@ -167,7 +167,7 @@ def _scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_se
         if has_z:
             z_row = z[b, d]
             for t in range(L):
-                s = _sigmoid(z_row[t])
+                s = scalar_sigmoid(z_row[t])
                 gate[t] = s
                 dy[t] = g_row[t] * z_row[t] * s
         else:
@@ -185,7 +185,7 @@ def _scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_se
                 x = dtt * u_row[t]
                 tb = t * t_sel
                 for n in range(N):
-                    e = _exp(dtt * Ad[n])
+                    e = scalar_exp(dtt * Ad[n])
                     E[i, n] = e
                     H[i + 1, n] = e * H[i, n] + x * Bs[tb, n]
                 if has_z:
@@ -261,16 +261,19 @@ def _or_empty(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> np.ndarr
     return t.numpy() if t is not None else np.empty((0,) * ndim, dtype=like.numpy().dtype)
 
 
-class _FusedScan(torch.autograd.Function):
-    """(u, delta, A, Bk, Ck, D, z, delta_bias, initial_state) -> (out, last_state) with the fused kernels.
+class FusedScan(torch.autograd.Function):
+    """(u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index, initial_state, lanes) ->
+    (out, last_state) with the fused kernels.
 
     All tensors contiguous, on the CPU, in one real dtype; D, z, delta_bias, initial_state may be None
-    (initial_state last, so callers without it may leave it out); B and C in
-    :func:`~mambakit.ops.scan_common.kernel_layout`.
+    (initial_state and lanes last, so callers without them may leave them out); B and C in
+    :func:`~mambakit.ops.selective_scan.common.kernel_layout`. ``lanes``: run the forward pass on the
+    channel-vectorised kernel of :mod:`.cpu_lanes` (only where :func:`~.cpu_lanes.uses_lane_kernel` holds).
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index, initial_state=None):
+    def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index, initial_state=None,
+                lanes=False):
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = CHUNK
@@ -283,19 +286,19 @@ class _FusedScan(torch.autograd.Function):
         zero = arrays[0].dtype.type(0)
         outs = [t.numpy() for t in (out, states, last)]
         work = batch * dim * L * N
-        if LANE_FORWARD and scan_cpu_lanes.uses_lane_kernel(zero.dtype, b_index, c_index):
-            lanes = min(scan_cpu_lanes.LANES, dim)
-            blocks = scan_cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
+        if lanes:
+            lanes = min(cpu_lanes.LANES, dim)
+            blocks = cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
 
             def lane_block(_, first, end):
-                scan_cpu_lanes._scan_forward_lanes_kernel(
+                cpu_lanes.scan_forward_lanes_kernel(
                     *arrays, *options, b_index[0], b_index[2], c_index[0], c_index[2], chunk, lanes, blocks,
                     first, end, zero, *outs)
 
             run_blocks(lane_block, *split_pairs(len(blocks), work))
         else:
             def block(_, first, end):
-                _scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, first, end, zero, *outs)
+                scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, first, end, zero, *outs)
 
             run_blocks(block, *split_pairs(batch * dim, work))
         # No need to keep initial_state: it is states[:, :, 0], where the backward pass recomputes from.
@@ -331,14 +334,14 @@ class _FusedScan(torch.autograd.Function):
         parts = [t.numpy() for t in (dA_part, dB_part, dC_part, dD_part, dbias_part)]
 
         def block(i, first, end):
-            _scan_backward_kernel(*arrays, *options, *ctx.b_index, *ctx.c_index, ctx.chunk, first, end, zero,
+            scan_backward_kernel(*arrays, *options, *ctx.b_index, *ctx.c_index, ctx.chunk, first, end, zero,
                                   *grads, *(part[i] for part in parts))
 
         run_blocks(block, workers, blocks)
         dD = dD_part.sum(0) if D is not None else None
         dbias = dbias_part.sum(0) if delta_bias is not None else None
         return (du, ddelta, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0), dD, dz, dbias,
-                None, None, None, dh0)
+                None, None, None, dh0, None)
 
 
 def selective_scan_cpu(
@@ -354,6 +357,7 @@ def selective_scan_cpu(
     return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    forward_kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fused CPU selective scan; arguments, results and gradients as :func:`selective_scan_ref`.
 
@@ -362,11 +366,21 @@ def selective_scan_cpu(
         (batch, groups, N, L); D, delta_bias: (dim,); initial_state: (batch, dim, N) state to start from
         (default zeros). Complex A raises DTypeError (``selective_scan`` hands it to ``ref``). bfloat16 /
         float16 inputs are computed in float32.
+        forward_kernel: which kernel runs the forward pass (the backward kernel is the same for both):
+            ``"lanes"``, vectorised across channels (:mod:`.cpu_lanes`; float32 with B and C both
+            input-dependent only), ``"channels"``, the per-channel kernel (any case), or ``"auto"``:
+            ``"lanes"`` wherever it applies, else ``"channels"``. The two give the same results up to
+            float32 rounding; the choice is for tests and benchmarks that compare them.
+
+    Raises:
+        ConfigError: an unknown ``forward_kernel``, or ``"lanes"`` where it does not apply.
 
     Returns:
         out (batch, dim, L) in u's dtype, and with ``return_last_state`` the last state (batch, dim, N) in
         the compute dtype (float32 or float64).
     """
+    if forward_kernel not in FORWARD_KERNELS:
+        raise ConfigError(f"forward_kernel: expected one of {list(FORWARD_KERNELS)}, got {forward_kernel!r}")
     dtype = check_real_scan("cpu", u, delta, A, B, C, D, z, delta_bias, device_type="cpu",
                             initial_state=initial_state)
     dim, L = u.shape[1], u.shape[2]
@@ -378,8 +392,13 @@ def selective_scan_cpu(
 
         Bk, b_index = kernel_layout(B.to(dtype), dim)
         Ck, c_index = kernel_layout(C.to(dtype), dim)
-        out, last = _FusedScan.apply(prep(u), prep(delta), prep(A), Bk, Ck, prep(D), prep(z),
-                                     prep(delta_bias), bool(delta_softplus), b_index, c_index,
-                                     prep(initial_state))
+        numpy_dtype = np.dtype(str(dtype).removeprefix("torch."))
+        lanes_apply = cpu_lanes.uses_lane_kernel(numpy_dtype, b_index, c_index)
+        if forward_kernel == "lanes" and not lanes_apply:
+            raise ConfigError("forward_kernel: 'lanes' runs float32 with input-dependent B and C only; "
+                              "use 'auto' or 'channels'")
+        out, last = FusedScan.apply(prep(u), prep(delta), prep(A), Bk, Ck, prep(D), prep(z),
+                                    prep(delta_bias), bool(delta_softplus), b_index, c_index,
+                                    prep(initial_state), lanes_apply and forward_kernel != "channels")
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

@@ -14,7 +14,8 @@ time-invariant (dim, N), input-dependent (batch, N, L), or grouped (batch, group
 input-dependent B and C are real tensors holding interleaved (re, im) pairs along L (length 2·L).
 
 ``selective_scan_ref`` is the plain reference (a Python loop over L, differentiable by autograd);
-``selective_scan`` has the same signature plus ``backend`` and dispatches to faster implementations.
+``selective_state_update`` is one step of it, for generation. ``mambakit.ops.selective_scan`` has the
+reference's signature plus ``backend`` and dispatches to faster implementations.
 """
 
 from __future__ import annotations
@@ -22,76 +23,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
-from ..errors import DTypeError, ShapeError
-
-
-def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 if any real input is float64, else float32 (half precisions are upcast, as officially)."""
-    for t in tensors:
-        if t is not None and t.dtype in (torch.float64, torch.complex128):
-            return torch.float64
-    return torch.float32
+from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor, compute_dtype
+from ...errors import DTypeError, ShapeError
+from .common import check_scan_args
 
 
 def _complex_of(dtype: torch.dtype) -> torch.dtype:
     """The complex dtype with ``dtype``'s precision (float64 -> complex128, else complex64)."""
     return torch.complex128 if dtype == torch.float64 else torch.complex64
-
-
-def _check_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, L: int, complex_A: bool) -> None:
-    check_tensor(name, X, ndim=(2, 3, 4), complex_ok=complex_A)
-    if X.dim() == 2:
-        check_shape(name, X, (dim, N), "time-invariant (dim, N)")
-        if complex_A and not X.is_complex():
-            raise DTypeError(f"{name}: time-invariant {name} must be complex when A is complex, "
-                             f"got {X.dtype}")
-        return
-    if X.is_complex():
-        raise DTypeError(f"{name}: input-dependent {name} must be real (interleaved re/im for complex A), "
-                         f"got {X.dtype}")
-    Lx = 2 * L if complex_A else L
-    if X.dim() == 3:
-        layout = "input-dependent (batch, N, L)" + (", L doubled" if complex_A else "")
-        check_shape(name, X, (batch, N, Lx), layout)
-    else:
-        groups = X.shape[1]
-        if groups < 1 or dim % groups != 0:
-            raise ShapeError(f"{name}: groups (dim 1) must divide dim={dim}, got groups={groups}")
-        check_shape(name, X, (batch, groups, N, Lx), "grouped (batch, groups, N, L)")
-
-
-def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None) -> None:
-    """Validate the arguments of a selective scan; raises a mambakit error naming the argument."""
-    check_tensor("u", u, ndim=3)
-    batch, dim, L = u.shape
-    check_tensor("delta", delta, ndim=3)
-    check_shape("delta", delta, (batch, dim, L), "same as u")
-    check_tensor("A", A, ndim=2, complex_ok=True)
-    if A.shape[0] != dim:
-        raise ShapeError(f"A: expected shape (dim={dim}, N), got {tuple(A.shape)}")
-    N = A.shape[1]
-    _check_bc("B", B, batch, dim, N, L, A.is_complex())
-    _check_bc("C", C, batch, dim, N, L, A.is_complex())
-    if D is not None:
-        check_tensor("D", D, ndim=1)
-        check_shape("D", D, (dim,))
-    if z is not None:
-        check_tensor("z", z, ndim=3)
-        check_shape("z", z, (batch, dim, L), "same as u")
-    if delta_bias is not None:
-        check_tensor("delta_bias", delta_bias, ndim=1)
-        check_shape("delta_bias", delta_bias, (dim,))
-    if initial_state is not None:
-        # Like A (and the last state returned), any real precision; complex exactly when A is complex.
-        check_tensor("initial_state", initial_state, ndim=3, complex_ok=A.is_complex())
-        check_shape("initial_state", initial_state, (batch, dim, N), "(batch, dim, N)")
-        if A.is_complex() and not initial_state.is_complex():
-            raise DTypeError(f"initial_state: must be complex when A is complex, got {initial_state.dtype}")
-    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                      initial_state=initial_state)
-    variable = {"B": B, "C": C} if A.is_complex() else {k: v for k, v in (("B", B), ("C", C)) if v.dim() > 2}
-    check_same_real_dtype(u=u, delta=delta, z=z, **variable)
 
 
 def _expand_bc(X: torch.Tensor, dim: int, complex_A: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -143,7 +82,7 @@ def selective_scan_ref(
         ``last_state`` is float32/float64 (complex for complex A).
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, L = u.shape
     complex_A = A.is_complex()
 
@@ -176,33 +115,6 @@ def selective_scan_ref(
         y = y * F.silu(z.to(dtype))
     out = y.to(u.dtype)
     return (out, h) if return_last_state else out
-
-
-def selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-    backend: str = "auto",
-    *,
-    initial_state: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Selective scan with a choice of implementation; arguments and results as :func:`selective_scan_ref`.
-
-    ``backend``: ``"auto"`` picks the fastest correct implementation for the inputs' device and dtype;
-    ``mambakit.ops.available_backends()`` lists the names accepted.
-    """
-    from .backends import resolve_backend
-
-    fn = resolve_backend(backend, u, A)
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-              initial_state=initial_state)
 
 
 def selective_state_update(
@@ -264,7 +176,7 @@ def selective_state_update(
     check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     check_same_real_dtype(x=x, dt=dt, z=z, B=B, C=C)  # complex B, C (for complex A) are skipped
 
-    dtype = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, state)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, state)
     dtf = dt.to(dtype)
     if dt_bias is not None:
         dtf = dtf + dt_bias.to(dtype)

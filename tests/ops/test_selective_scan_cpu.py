@@ -16,12 +16,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scan_inputs import random_scan_inputs
-from test_backends import _assert_close_relative, _outputs_and_grads, _stable
+from test_selective_scan_backends import _assert_close_relative, _outputs_and_grads, _stable
 
-from mambakit.ops import scan_cpu, scan_cpu_lanes, selective_scan_ref
-from mambakit.ops.cpu_math import softplus_float32
-from mambakit.ops.scan_common import kernel_layout
-from mambakit.ops.scan_cpu import selective_scan_cpu
+from mambakit.errors import ConfigError
+from mambakit.ops import selective_scan_ref
+from mambakit.ops.cpu.kernel_math import softplus_float32
+from mambakit.ops.selective_scan import cpu as scan_cpu
+from mambakit.ops.selective_scan import cpu_lanes as scan_cpu_lanes
+from mambakit.ops.selective_scan.common import kernel_layout
+from mambakit.ops.selective_scan.cpu import selective_scan_cpu
 
 ALL_OPTIONS = list(itertools.product([False, True], repeat=4))   # (D, z, delta_bias, delta_softplus)
 
@@ -171,8 +174,8 @@ def test_absent_options_do_not_compile_new_kernel_variants():
 
 def assert_one_float32_variant_per_kernel() -> None:
     """Every fused kernel (both forwards, the backward) has been compiled for float32 exactly once."""
-    for kernel in (scan_cpu._scan_forward_kernel, scan_cpu._scan_backward_kernel,
-                   scan_cpu_lanes._scan_forward_lanes_kernel):
+    for kernel in (scan_cpu.scan_forward_kernel, scan_cpu.scan_backward_kernel,
+                   scan_cpu_lanes.scan_forward_lanes_kernel):
         float32 = [sig for sig in kernel.signatures if sig[0].dtype == numba.types.float32]
         assert len(float32) == 1, f"{kernel.__name__}: {len(float32)} float32 variants"
 
@@ -198,13 +201,13 @@ def test_lane_blocks_cover_every_channel_once_within_one_group(batch, dim, dpg_b
 
 def _count_lane_kernel_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
-    kernel = scan_cpu_lanes._scan_forward_lanes_kernel
+    kernel = scan_cpu_lanes.scan_forward_lanes_kernel
 
     def counting(*args):
         calls.append(1)
         return kernel(*args)
 
-    monkeypatch.setattr(scan_cpu_lanes, "_scan_forward_lanes_kernel", counting)
+    monkeypatch.setattr(scan_cpu_lanes, "scan_forward_lanes_kernel", counting)
     return calls
 
 
@@ -256,11 +259,11 @@ def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case, with_initia
                 np.float32), np.full((batch, dim, N), np.nan, np.float32)]
         if lane_kernel:
             blocks = scan_cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
-            scan_cpu_lanes._scan_forward_lanes_kernel(*arrays, *options, b_index[0], b_index[2], c_index[0],
+            scan_cpu_lanes.scan_forward_lanes_kernel(*arrays, *options, b_index[0], b_index[2], c_index[0],
                                                       c_index[2], chunk, lanes, blocks, 0, len(blocks), zero,
                                                       *outs)
         else:
-            scan_cpu._scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, 0, batch * dim, zero,
+            scan_cpu.scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, 0, batch * dim, zero,
                                           *outs)
         results.append(outs)
     if with_initial_state:
@@ -294,3 +297,15 @@ def test_lane_kernel_exp2_is_accurate_and_exact_at_the_ends():
     assert special[1] == 0.0 and special[3] == 0.0 and special[4] == 0.0
     assert np.isposinf(special[2]) and np.isposinf(special[5]) and np.isposinf(special[6])
     assert special[7] == 1.0
+
+
+def test_forward_kernel_choice_is_explicit_and_checked():
+    kwargs = random_scan_inputs(1, 8, 4, 9, b_layout="shared", c_layout="shared", complex_A=False, seed=5)
+    f32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    lanes = selective_scan_cpu(**f32, forward_kernel="lanes")
+    channels = selective_scan_cpu(**f32, forward_kernel="channels")
+    torch.testing.assert_close(lanes, channels, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="^forward_kernel"):
+        selective_scan_cpu(**f32, forward_kernel="vector")
+    with pytest.raises(ConfigError, match="^forward_kernel"):   # float64 has only the per-channel kernel
+        selective_scan_cpu(**kwargs, forward_kernel="lanes")

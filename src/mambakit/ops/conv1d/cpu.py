@@ -1,6 +1,6 @@
 """Fused causal depthwise conv1d + SiLU on the CPU (numba), forward and backward.
 
-Same map as :func:`~mambakit.ops.conv1d.causal_conv1d_ref`: for each channel d,
+Same map as :func:`~mambakit.ops.conv1d.ref.causal_conv1d_ref`: for each channel d,
 
     pre[t] = bias[d] + sum_k weight[d, k] · x[t - (W-1) + k]      (zero before the start)
     out[t] = silu(pre[t])                                          (or pre[t] without activation)
@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from numba import njit
 
-from .._checks import check_same_device, check_same_real_dtype, check_tensor
-from ..errors import DeviceError
-from .conv1d import _check_common
-from .cpu_math import _FASTMATH, _exp
-from .cpu_threads import run_blocks, split_pairs
+from ..._checks import check_same_device, check_same_real_dtype, check_tensor, compute_dtype
+from ...errors import DeviceError
+from ..cpu.kernel_math import FASTMATH, scalar_exp
+from ..cpu.threads import run_blocks, split_pairs
+from .checks import check_conv_params
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def _pre_activation_row(xs, w, bias_d, pre):
     """pre[t] = bias + sum_k w[k] · xs[t - (W-1) + k], zero padded on the left; one shifted axpy per tap
     so that every loop over t is a plain vectorisable loop."""
@@ -39,7 +39,7 @@ def _pre_activation_row(xs, w, bias_d, pre):
             dst[s] += wk * src[s]
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def _conv_forward_kernel(x, weight, bias, silu, first_pair, end_pair, one, out):
     dim = x.shape[1]
     for pair in range(first_pair, end_pair):
@@ -50,10 +50,10 @@ def _conv_forward_kernel(x, weight, bias, silu, first_pair, end_pair, one, out):
         if silu:
             for t in range(row.shape[0]):
                 p = row[t]
-                row[t] = p / (one + _exp(-p))
+                row[t] = p / (one + scalar_exp(-p))
 
 
-@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def _conv_backward_kernel(x, weight, bias, silu, first_pair, end_pair, one, grad_out, grad_x, dw_part,
                           db_part, g_pre):
     """grad_x for the block's pairs; their weight and bias gradients added into the thread's partial sums.
@@ -72,7 +72,7 @@ def _conv_backward_kernel(x, weight, bias, silu, first_pair, end_pair, one, grad
             _pre_activation_row(xs, w, bias[d], g_pre)
             for t in range(L):
                 p = g_pre[t]
-                s = one / (one + _exp(-p))
+                s = one / (one + scalar_exp(-p))
                 g_pre[t] = go[t] * s * (one + p * (one - s))
         else:
             for t in range(L):
@@ -153,12 +153,12 @@ def causal_conv1d_cpu(
         (batch, dim, L) in x's dtype (half precisions are computed in float32).
     """
     check_tensor("x", x, ndim=3)
-    _check_common(weight, bias, x.shape[1], activation)
+    check_conv_params(weight, bias, x.shape[1], activation)
     check_same_device(x=x, weight=weight, bias=bias)
     check_same_real_dtype(x=x, weight=weight)
     if x.device.type != "cpu":
         raise DeviceError(f"x: causal_conv1d_cpu runs on the CPU, got tensors on {x.device}")
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(x)
     if x.shape[2] == 0:
         return x.new_zeros(x.shape) + 0 * weight.sum()
     bias_c = (bias.to(dtype) if bias is not None else torch.zeros(x.shape[1], dtype=dtype)).contiguous()

@@ -1,4 +1,6 @@
-"""The chunked SSD as an autograd function whose backward is written by hand as batched matmuls.
+"""The tuned chunked SSD (:func:`ssd_chunked`): an autograd function whose backward is written by hand as
+batched matmuls. Its readable counterparts: :mod:`.minimal` (the same block decomposition in plain torch)
+and :mod:`.ref` (the recurrence it is tested against).
 
 Notation for one chunk of Q steps, one head (of group g, whose B and C it shares), positions t, s in the
 chunk and the log-decay a_t = Δ_t·A:
@@ -44,6 +46,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..._checks import check_int, compute_dtype
+from .common import NO_LIMIT, check_dt_limit, check_ssd_args, matmul_dtype, step_sizes
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, mm_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor:
@@ -551,7 +556,7 @@ class ChunkedSSD(torch.autograd.Function):
 _LONGEST_CHUNK = 64
 
 
-def chunked_ssd(
+def _apply_chunked(
     x: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -577,3 +582,51 @@ def chunked_ssd(
         t is not None and t.requires_grad for t in (x, delta, A, B, C, D, z, initial_states))
     return ChunkedSSD.apply(x, delta, A, B, C, D, z, initial_states, seq_idx, chunk_size, mm_dtype,
                             for_backward)
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = NO_LIMIT,
+    return_final_states: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Chunked SSD: the quadratic form inside chunks of ``chunk_size`` steps, the recurrence between chunks.
+
+    Same arguments and results as :func:`~mambakit.ops.ssd.ref.ssd_ref` (x (batch, L, heads, headdim), dt
+    (batch, L, heads), A (heads,), B and C (batch, L, groups, N); y like x, final states (batch, heads,
+    headdim, N)), plus ``chunk_size`` (>= 1; L need not be a multiple). The result does not depend on the
+    chunk size (up to rounding); on CPU, chunks longer than 64 steps run as chunks of 64, which costs least
+    there (``_LONGEST_CHUNK``).
+    Per chunk and head: the output inside the chunk (a (Q, Q) masked matmul), the chunk's contribution to
+    the state at its end, a recurrence carrying states from chunk to chunk, and each chunk's output from the
+    state it starts with. Heads of one group share their C Bᵀ and their B/C matmuls.
+
+    The work is done by :class:`ChunkedSSD`, whose backward is written by hand (batched matmuls,
+    recomputing from the inputs, the chunk start states and the output before the gate); Δ's bias, softplus
+    and clamp stay outside it, so autograd differentiates them exactly as it would here.
+    """
+    dims = check_ssd_args(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx)
+    check_dt_limit(dt_limit)
+    check_int("chunk_size", chunk_size)
+    dtype = compute_dtype(x)
+    mm_dtype = matmul_dtype(x)
+    b, length, h, p, n = dims.batch, dims.length, dims.heads, dims.headdim, dims.state
+    delta = step_sizes(dt, dt_bias, dt_softplus, dt_limit, dtype)  # (b, L, h)
+    if length == 0:
+        final = (initial_states.to(dtype) if initial_states is not None
+                 else x.new_zeros(b, h, p, n, dtype=dtype))
+        out = x.new_zeros(x.shape)
+        return (out, final) if return_final_states else out
+
+    out, final = _apply_chunked(x, delta, A, B, C, chunk_size, D, z, initial_states, seq_idx, mm_dtype)
+    return (out, final) if return_final_states else out

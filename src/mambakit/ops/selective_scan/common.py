@@ -1,5 +1,6 @@
-"""What the fast selective-scan backends share: argument checks, the kernel layout of B and C, and (for the
-backends whose kernels run only the core recurrence) the prologue and epilogue in differentiable torch.
+"""What the selective-scan implementations share: the argument checks (:func:`check_scan_args`, also the
+reference's), the kernel layout of B and C, and (for the backends whose kernels run only the core
+recurrence) the prologue and epilogue in differentiable torch.
 
 The core of the ``chunked`` and ``triton`` backends computes, for real A, ``y_t = <C_t, h_t>`` with
 ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` from h_{-1} = 0 or a given initial state.
@@ -15,8 +16,64 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..errors import DeviceError, DTypeError
-from .selective_scan import _compute_dtype, check_scan_args
+from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor, compute_dtype
+from ...errors import DeviceError, DTypeError, ShapeError
+
+
+def _check_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, L: int, complex_A: bool) -> None:
+    check_tensor(name, X, ndim=(2, 3, 4), complex_ok=complex_A)
+    if X.dim() == 2:
+        check_shape(name, X, (dim, N), "time-invariant (dim, N)")
+        if complex_A and not X.is_complex():
+            raise DTypeError(f"{name}: time-invariant {name} must be complex when A is complex, "
+                             f"got {X.dtype}")
+        return
+    if X.is_complex():
+        raise DTypeError(f"{name}: input-dependent {name} must be real (interleaved re/im for complex A), "
+                         f"got {X.dtype}")
+    Lx = 2 * L if complex_A else L
+    if X.dim() == 3:
+        layout = "input-dependent (batch, N, L)" + (", L doubled" if complex_A else "")
+        check_shape(name, X, (batch, N, Lx), layout)
+    else:
+        groups = X.shape[1]
+        if groups < 1 or dim % groups != 0:
+            raise ShapeError(f"{name}: groups (dim 1) must divide dim={dim}, got groups={groups}")
+        check_shape(name, X, (batch, groups, N, Lx), "grouped (batch, groups, N, L)")
+
+
+def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None) -> None:
+    """Validate the arguments of a selective scan; raises a mambakit error naming the argument."""
+    check_tensor("u", u, ndim=3)
+    batch, dim, L = u.shape
+    check_tensor("delta", delta, ndim=3)
+    check_shape("delta", delta, (batch, dim, L), "same as u")
+    check_tensor("A", A, ndim=2, complex_ok=True)
+    if A.shape[0] != dim:
+        raise ShapeError(f"A: expected shape (dim={dim}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    _check_bc("B", B, batch, dim, N, L, A.is_complex())
+    _check_bc("C", C, batch, dim, N, L, A.is_complex())
+    if D is not None:
+        check_tensor("D", D, ndim=1)
+        check_shape("D", D, (dim,))
+    if z is not None:
+        check_tensor("z", z, ndim=3)
+        check_shape("z", z, (batch, dim, L), "same as u")
+    if delta_bias is not None:
+        check_tensor("delta_bias", delta_bias, ndim=1)
+        check_shape("delta_bias", delta_bias, (dim,))
+    if initial_state is not None:
+        # Like A (and the last state returned), any real precision; complex exactly when A is complex.
+        check_tensor("initial_state", initial_state, ndim=3, complex_ok=A.is_complex())
+        check_shape("initial_state", initial_state, (batch, dim, N), "(batch, dim, N)")
+        if A.is_complex() and not initial_state.is_complex():
+            raise DTypeError(f"initial_state: must be complex when A is complex, got {initial_state.dtype}")
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                      initial_state=initial_state)
+    variable = {"B": B, "C": C} if A.is_complex() else {k: v for k, v in (("B", B), ("C", C)) if v.dim() > 2}
+    check_same_real_dtype(u=u, delta=delta, z=z, **variable)
+
 
 # core(u, dt, A, B, C[, h0]) -> (y, last_state), all in the compute dtype: u, dt (batch, dim, L), B and C in
 # the caller's layout; h0, the initial state (batch, dim, N), is passed only when given (a core that takes no
@@ -39,7 +96,7 @@ def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_ty
                          f"use backend='auto' or 'ref' for complex A")
     if device_type is not None and u.device.type != device_type:
         raise DeviceError(f"u: the {backend!r} backend runs on {device_type}, got tensors on {u.device}")
-    return _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
 
 
 def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,

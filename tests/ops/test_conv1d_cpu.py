@@ -7,7 +7,7 @@ import torch
 
 from mambakit.errors import ConfigError, ShapeError
 from mambakit.ops.conv1d import causal_conv1d, causal_conv1d_ref
-from mambakit.ops.conv1d_cpu import causal_conv1d_cpu
+from mambakit.ops.conv1d.cpu import causal_conv1d_cpu
 
 
 def _inputs(batch: int, dim: int, L: int, width: int, dtype: torch.dtype, seed: int) -> dict:

@@ -1,0 +1,50 @@
+"""Causal depthwise 1-D convolution: :func:`causal_conv1d` chooses between the reference (:mod:`.ref`, with
+the one-step ``causal_conv1d_update``) and the fused numba kernel (:mod:`.cpu`)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import ConfigError
+from .ref import causal_conv1d_ref, causal_conv1d_update
+
+__all__ = ["available_backends", "causal_conv1d", "causal_conv1d_ref", "causal_conv1d_update"]
+
+_CONV_BACKENDS = ("auto", "ref", "cpu")
+
+
+def available_backends() -> list[str]:
+    """Names accepted by ``causal_conv1d(..., backend=...)`` besides ``"auto"``."""
+    return sorted(b for b in _CONV_BACKENDS if b != "auto")
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Causal depthwise convolution, choosing its implementation; same results as :func:`causal_conv1d_ref`.
+
+    Args:
+        x: (batch, dim, L).  weight: (dim, width).  bias: optional (dim,).  activation: None, "silu" or
+            "swish".
+        backend: ``"auto"`` (the fused numba kernel for CPU tensors, else the reference), ``"cpu"`` or
+            ``"ref"``.
+
+    Returns:
+        (batch, dim, L) in x's dtype.
+
+    Raises:
+        ConfigError: an unknown ``backend`` (the message lists the valid names).
+    """
+    if backend not in _CONV_BACKENDS:
+        raise ConfigError(f"backend: expected one of {list(_CONV_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        backend = "cpu" if isinstance(x, torch.Tensor) and x.device.type == "cpu" else "ref"
+    if backend == "cpu":
+        from .cpu import causal_conv1d_cpu  # numba loads only when the fused kernel is used
+
+        return causal_conv1d_cpu(x, weight, bias, activation)
+    return causal_conv1d_ref(x, weight, bias, activation)
