@@ -430,7 +430,7 @@ def _add_plot_parser(sub) -> None:
 
 
 def _cmd_plot(args) -> int:
-    from .plots import write_figures
+    from .figures import write_figures
 
     for path in write_figures(args.out, quick=args.quick):
         print(path)

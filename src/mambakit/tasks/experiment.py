@@ -17,7 +17,6 @@ overridden. Run it with
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import platform
@@ -30,6 +29,7 @@ import torch
 
 from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import ConfigError
+from ..figures.canvas import new_figure, png_bytes
 from ..models.config import MambaConfig
 from ..models.lm import MambaLMHeadModel
 from ..models.mixers import available_mixers
@@ -414,23 +414,6 @@ def _length_label(L: int) -> str:
     return f"2^{p}" if 2**p == L else str(L)
 
 
-def _figure(width: float, height: float):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # matplotlib is in the "train" extra
-        raise ConfigError("plots: matplotlib is needed (pip install 'mambakit[train]')") from exc
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def _smoothed(values: list[float], window: int = 20) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -441,7 +424,7 @@ def _smoothed(values: list[float], window: int = 20) -> list[float]:
 
 def selective_copying_plot(record: dict) -> bytes:
     """PNG: accuracy per model (bars) and training loss curves."""
-    fig = _figure(9, 3.4)
+    fig = new_figure(9, 3.4)
     bars, curves = fig.subplots(1, 2)
     labels = [MIXER_LABELS.get(r["mixer"], r["mixer"]) for r in record["rows"]]
     values = [100 * r["accuracy"] for r in record["rows"]]
@@ -459,12 +442,12 @@ def selective_copying_plot(record: dict) -> bytes:
     curves.set_ylabel("training loss (smoothed)")
     curves.set_yscale("log")
     curves.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def induction_heads_plot(record: dict) -> bytes:
     """PNG: accuracy against evaluation length (log x-axis), one line per model, training length marked."""
-    fig = _figure(6.5, 3.6)
+    fig = new_figure(6.5, 3.6)
     ax = fig.subplots()
     for r in record["rows"]:
         points = [(int(L), 100 * a) for L, a in r["accuracy_by_length"].items() if a is not None]
@@ -478,7 +461,7 @@ def induction_heads_plot(record: dict) -> bytes:
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Induction heads: extrapolation")
     ax.legend(fontsize=8, loc="center right")  # the top is where a model that extrapolates runs
-    return _png(fig)
+    return png_bytes(fig)
 
 
 RUNNERS = {

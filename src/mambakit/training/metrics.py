@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import write_text_atomic
+from ..figures.canvas import new_figure, save_png
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -54,15 +55,11 @@ class MetricsWriter:
 
 def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> None:
     """Draw train loss (raw and smoothed) and validation loss against step into a PNG (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = new_figure(7, 4.2, layout="tight")
+    ax = fig.subplots()
     if train:
         steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
@@ -78,7 +75,4 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
     ax.set_title(title or "mambakit training")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, png_path)

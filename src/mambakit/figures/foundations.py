@@ -1,54 +1,31 @@
-"""Figures for the docs (docs/foundations.md and docs/ssd.md explain each one).
-
-:func:`write_figures` writes the PNGs with matplotlib's Agg canvas (no pyplot, no global
-backend switch; each file is written atomically):
+"""The foundation figures of docs/foundations.md:
 
 * ``hippo_legs_reconstruction.png`` a signal and its online LegS reconstruction for several N
 * ``s4d_kernels.png``               convolution kernels of S4D-Lin and S4D-Inv
 * ``legs_eigenvalues.png``          eigenvalues of the LegS matrix, its normal part, and of Ā for several Δ
 * ``modes_agree.png``               recurrence, FFT convolution and parallel scan outputs and their gaps
-* ``ssd_duality.png``               the SSD decay mask, C Bᵀ, their product, the chunked blocks (ssd_plot.py)
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .errors import ConfigError
-from .ssm.discretize import discretize_diag
-from .ssm.hippo import hippo_basis, hippo_matrices, hippo_online, legs_nplr, smooth_signal
-from .ssm.kernels import kernel_vandermonde
-from .ssm.modes import diag_ssm_convolution, diag_ssm_recurrent, diag_ssm_scan
-
-
-def _new_figure(width: float, height: float):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # matplotlib is in the "train" extra
-        raise ConfigError("plots: matplotlib is needed (pip install 'mambakit[train]')") from exc
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    """Write the PNG atomically (see :mod:`mambakit.atomic`)."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+from ..layers.s4d import s4d_eigenvalues
+from ..ssm.discretize import discretize_diag
+from ..ssm.hippo import hippo_basis, hippo_matrices, hippo_online, legs_nplr, smooth_signal
+from ..ssm.kernels import kernel_vandermonde
+from ..ssm.modes import diag_ssm_convolution, diag_ssm_recurrent, diag_ssm_scan
+from .canvas import new_figure, save_png
 
 
 def plot_hippo_reconstruction(path: Path, sizes=(4, 8, 16, 64), length: int = 2000) -> Path:
     """The smooth test signal on [0, 1] and its LegS reconstruction from the final state, for each N."""
     x = torch.linspace(0.0, 1.0, length, dtype=torch.float64)
     f = smooth_signal(x)
-    fig = _new_figure(8, 4.5)
+    fig = new_figure(8, 4.5)
     ax = fig.add_subplot()
     ax.plot(x, f, color="black", lw=2.5, label="signal")
     for n in sizes:
@@ -60,14 +37,12 @@ def plot_hippo_reconstruction(path: Path, sizes=(4, 8, 16, 64), length: int = 20
     ax.set_ylabel("value")
     ax.set_title("HiPPO-LegS: the history rebuilt from the state at t = 1")
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_s4d_kernels(path: Path, N: int = 64, length: int = 1024, dts=(0.003, 0.03)) -> Path:
     """Kernels K_l = 2 Re Σ C_n B̄_n Ā_n^l of S4D-Lin and S4D-Inv with B = C = 1 for two step sizes."""
-    from .layers.s4d import s4d_eigenvalues
-
-    fig = _new_figure(9, 5)
+    fig = new_figure(9, 5)
     axes = fig.subplots(2, 1, sharex=True)
     ones = torch.ones(N // 2, dtype=torch.complex128)
     for ax, init in zip(axes, ("lin", "inv"), strict=True):
@@ -80,7 +55,7 @@ def plot_s4d_kernels(path: Path, N: int = 64, length: int = 1024, dts=(0.003, 0.
         ax.set_ylabel("K_l")
         ax.legend(fontsize=8)
     axes[-1].set_xlabel("lag l")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_legs_eigenvalues(path: Path, N: int = 32, dts=(0.01, 0.1, 1.0)) -> Path:
@@ -94,7 +69,7 @@ def plot_legs_eigenvalues(path: Path, N: int = 32, dts=(0.01, 0.1, 1.0)) -> Path
     A, _ = hippo_matrices("legs", N)
     eig_A = torch.diagonal(A).to(torch.complex128)
     Lambda, _, _, _ = legs_nplr(N)
-    fig = _new_figure(13, 4.8)
+    fig = new_figure(13, 4.8)
     left, right = fig.subplots(1, 2)
     left.scatter(eig_A.real, eig_A.imag, s=14, label="A (LegS): −1, −2, ..., −N")
     left.scatter(Lambda.real, Lambda.imag, s=14, marker="x", label="A + PPᵀ (normal part): −½ + iω")
@@ -118,7 +93,7 @@ def plot_legs_eigenvalues(path: Path, N: int = 32, dts=(0.01, 0.1, 1.0)) -> Path
     right.set_xlabel("Re")
     right.set_title("Discretised: every eigenvalue inside the unit circle")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_modes_agree(path: Path, length: int = 4096, N: int = 8) -> Path:
@@ -133,7 +108,7 @@ def plot_modes_agree(path: Path, length: int = 4096, N: int = 8) -> Path:
     y_rec, _ = diag_ssm_recurrent(A_bar, B_bar, C, u)
     y_conv = diag_ssm_convolution(A_bar, B_bar, C, u)
     y_scan, _ = diag_ssm_scan(A_bar, B_bar, C, u)
-    fig = _new_figure(10, 6)
+    fig = new_figure(10, 6)
     top, bottom = fig.subplots(2, 1)
     t = torch.arange(length)
     window = slice(max(0, length - 300), length)
@@ -154,31 +129,4 @@ def plot_modes_agree(path: Path, length: int = 4096, N: int = 8) -> Path:
     bottom.set_xlabel("time step")
     bottom.set_ylabel(f"max |difference| per {block} steps")
     bottom.legend(fontsize=8, loc="center", ncols=4)
-    return _save(fig, path)
-
-
-def write_figures(out_dir: str | os.PathLike, quick: bool = False) -> list[Path]:
-    """Write every figure of the docs into ``out_dir`` (created if needed); return their paths.
-
-    The four foundation figures and the SSD (Mamba-2) duality figure. ``quick`` uses tiny sizes (for tests);
-    the figures in docs/ are made with the defaults.
-    """
-    from .ssd_plot import write_ssd_figure
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if quick:
-        return [
-            plot_hippo_reconstruction(out / "hippo_legs_reconstruction.png", sizes=(4, 8), length=200),
-            plot_s4d_kernels(out / "s4d_kernels.png", N=8, length=64),
-            plot_legs_eigenvalues(out / "legs_eigenvalues.png", N=8),
-            plot_modes_agree(out / "modes_agree.png", length=128, N=4),
-            write_ssd_figure(out / "ssd_duality.png", length=10, chunk=3),
-        ]
-    return [
-        plot_hippo_reconstruction(out / "hippo_legs_reconstruction.png"),
-        plot_s4d_kernels(out / "s4d_kernels.png"),
-        plot_legs_eigenvalues(out / "legs_eigenvalues.png"),
-        plot_modes_agree(out / "modes_agree.png"),
-        write_ssd_figure(out / "ssd_duality.png"),
-    ]
+    return save_png(fig, path)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .ops.ssd import segment_sum, ssd_quadratic, ssd_ref
+from ..ops.ssd import segment_sum, ssd_quadratic, ssd_ref
+from .canvas import new_figure, save_png
 
 
 def _chunked_matrix(a: torch.Tensor, CB: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -53,11 +53,8 @@ def write_ssd_figure(out_path: str | os.PathLike, length: int = 24, chunk: int =
         length: sequence length T of the random example.  chunk: chunk size drawn in panel (d).
         state: N.  seed: seed of the random example.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    fig = new_figure(17, 4.6, layout="tight")
+    from matplotlib.patches import Rectangle  # matplotlib is importable: new_figure checked
 
     gen = torch.Generator().manual_seed(seed)
     T = length
@@ -79,7 +76,7 @@ def write_ssd_figure(out_path: str | os.PathLike, length: int = 24, chunk: int =
 
     upper = torch.ones(T, T, dtype=torch.bool).triu(1)
     lim = M.abs().max().item()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.6), dpi=110)
+    axes = fig.subplots(1, 4)
     panels = [
         (L.masked_fill(upper, float("nan")), "(a) decay mask L = exp(segsum(Δ·A))", "viridis", 0, 1),
         (CB, "(b) C Bᵀ", "RdBu_r", -CB.abs().max().item(), CB.abs().max().item()),
@@ -108,10 +105,4 @@ def write_ssd_figure(out_path: str | os.PathLike, length: int = 24, chunk: int =
     fig.suptitle(f"State-space duality: one SSD head, T = {T}, N = {state}. "
                  "The recurrence h_t = e^(Δ_t A) h_(t-1) + Δ_t B_t x_t, y_t = C_tᵀ h_t "
                  "is the lower-triangular matrix (c).", fontsize=10)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out_path
+    return save_png(fig, out_path)

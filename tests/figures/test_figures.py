@@ -1,8 +1,11 @@
 """The docs' figures are written (tiny sizes) as real PNG files, atomically, into a fresh folder."""
 
 import pytest
+import torch
 
-from mambakit.plots import write_figures
+from mambakit.figures import write_figures
+from mambakit.figures.ssd import _chunked_matrix, write_ssd_figure
+from mambakit.ops.ssd import segment_sum
 
 pytest.importorskip("matplotlib")
 
@@ -20,3 +23,13 @@ def test_write_figures(tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
     # Only the PNGs remain: no temporary files left behind.
     assert sorted(p.name for p in out.iterdir()) == names
+
+
+def test_duality_figure_is_written(tmp_path):
+    out = write_ssd_figure(tmp_path / "figures" / "ssd.png", length=10, chunk=3)
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert [p.name for p in out.parent.iterdir()] == ["ssd.png"]          # no temporary file left behind
+    # The block assembly drawn in panel (d) is the quadratic form's matrix.
+    a = -torch.rand(10, dtype=torch.float64)
+    CB = torch.randn(10, 10, dtype=torch.float64)
+    assert torch.allclose(_chunked_matrix(a, CB, 3), torch.exp(segment_sum(a)) * CB, atol=1e-14)
