@@ -169,6 +169,9 @@ class CausalSelfAttention(nn.Module):
         batch, L, _ = hidden_states.shape
         if state is not None:
             self._check_state(state, batch)
+            if int(state["length"]) != 0:
+                raise ConfigError("state: CausalSelfAttention.forward starts from an empty cache (a fresh "
+                                  "prompt); continue a filled cache with step(), one token at a time")
         q, k, v = self._qkv(hidden_states)
         q, k = self._rotate(q, 0), self._rotate(k, 0)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_int, check_shape, check_tensor, compute_dtype
@@ -170,9 +169,11 @@ class MambaBlock(nn.Module):
     ) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model).
 
-        With ``state`` (from :meth:`allocate_state`), the sequence is a fresh prompt: on return the state
-        holds the last d_conv inputs of the convolution and the SSM state after the last position, ready for
-        :meth:`step`.
+        With ``state`` (from :meth:`allocate_state`, or left by an earlier ``forward``/``step``), the sequence
+        continues the one the state summarises (a zero state: a fresh prompt): the convolution reads the last
+        d_conv − 1 inputs kept in ``conv_state`` and the scan starts from ``ssm_state``. On return the state
+        holds the last d_conv inputs and the SSM state after the last position, ready for :meth:`step` or
+        another ``forward``: feeding a sequence in pieces equals feeding it whole.
         """
         self._check_hidden(hidden_states, 3)
         batch, L, _ = hidden_states.shape
@@ -180,9 +181,13 @@ class MambaBlock(nn.Module):
             self._check_state(state, batch)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2·d_inner, L)
         x, z = xz.chunk(2, dim=1)
-        if state is not None:  # keep the last d_conv inputs, zero-padded on the left for short prompts
-            state["conv_state"].copy_(F.pad(x, (self.d_conv - L, 0)))
-        x = causal_conv1d(x, *self._conv_params(x.dtype), activation="silu")
+        if state is None:
+            x = causal_conv1d(x, *self._conv_params(x.dtype), activation="silu")
+        else:  # the first window reaches back d_conv - 1 inputs into what the state summarises
+            W = self.d_conv
+            x_ext = torch.cat([state["conv_state"][:, :, 1:].to(x.dtype), x], dim=2)
+            state["conv_state"].copy_(x_ext[:, :, -W:])
+            x = causal_conv1d(x_ext, *self._conv_params(x.dtype), activation="silu")[:, :, W - 1:]
         dt, B, C = self._ssm_params(self.x_proj(x.transpose(1, 2)))  # (batch, L, ·)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L), bias added in scan
         A = -torch.exp(self._upcast(self.A_log))
@@ -198,6 +203,7 @@ class MambaBlock(nn.Module):
             delta_softplus=True,
             return_last_state=state is not None,
             backend=self.scan_backend,
+            initial_state=None if state is None else state["ssm_state"],
         )
         if state is not None:
             y, last_state = result

@@ -174,9 +174,11 @@ class Mamba2Block(nn.Module):
                 state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model).
 
-        If ``state`` (from :meth:`allocate_state`) is given, the sequence is a fresh prompt: on return the
-        state holds the last ``d_conv`` conv inputs and the SSD state after the last position, ready for
-        :meth:`step`.
+        With ``state`` (from :meth:`allocate_state`, or left by an earlier ``forward``/``step``), the sequence
+        continues the one the state summarises (a zero state: a fresh prompt): the convolution reads the last
+        ``d_conv − 1`` inputs kept in ``conv_state`` and SSD starts from ``ssm_state``. On return the state
+        holds the last ``d_conv`` conv inputs and the SSD state after the last position, ready for
+        :meth:`step` or another ``forward``.
         """
         check_tensor("hidden_states", hidden_states, ndim=3)
         batch, length, width = hidden_states.shape
@@ -186,10 +188,14 @@ class Mamba2Block(nn.Module):
             self._check_state(state, batch)
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states))
         xBC_seq = xBC.transpose(1, 2)                                # (batch, conv_dim, L)
-        if state is not None:                                # the last d_conv inputs, zeros before the start
-            state["conv_state"].copy_(F.pad(xBC_seq, (self.d_conv - length, 0)) if length < self.d_conv
-                                      else xBC_seq[..., length - self.d_conv:])
-        xBC = causal_conv1d(xBC_seq, self._conv_weight(), self.conv1d.bias, "silu").transpose(1, 2)
+        if state is None:
+            xBC = causal_conv1d(xBC_seq, self._conv_weight(), self.conv1d.bias, "silu").transpose(1, 2)
+        else:  # the first window reaches back d_conv - 1 inputs into what the state summarises
+            W = self.d_conv
+            xBC_ext = torch.cat([state["conv_state"][:, :, 1:].to(xBC_seq.dtype), xBC_seq], dim=2)
+            state["conv_state"].copy_(xBC_ext[:, :, -W:])
+            xBC = causal_conv1d(xBC_ext, self._conv_weight(), self.conv1d.bias, "silu")[:, :, W - 1:]
+            xBC = xBC.transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         result = ssd(
             x.unflatten(-1, (self.nheads, self.headdim)), dt, self._A(),
@@ -197,6 +203,7 @@ class Mamba2Block(nn.Module):
             self.chunk_size, D=self._D(),
             z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
             dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
+            initial_states=None if state is None else state["ssm_state"],
             return_final_states=state is not None,
         )
         if state is not None:

@@ -99,6 +99,9 @@ class SSMMixer(nn.Module):
         """
         self._check_hidden(hidden_states, 3)
         h = None if state is None else self._check_state(state, hidden_states.shape[0])
+        if h is not None and bool((h != 0).any()):
+            raise ConfigError(f"state: {type(self).__name__}.forward starts from a zero state (a fresh "
+                              "prompt); continue a non-empty state with step(), one token at a time")
         u = hidden_states.transpose(1, 2).to(self.compute_dtype())
         y, last = self._sequence(u, want_state=state is not None)
         if h is not None:

@@ -34,8 +34,8 @@ from ..models.config import MambaConfig
 from ..models.lm import MambaLMHeadModel
 from ..models.mixers import available_mixers
 from .batch import check_int
-from .chunked import last_position_accuracy
 from .induction_heads import InductionHeads
+from .metrics import last_position_accuracy
 from .selective_copying import SelectiveCopying
 from .training import LR_SCHEDULES, TrainResult, TrainSettings, evaluate, train
 
