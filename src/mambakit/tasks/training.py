@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.lm import MambaLMHeadModel
+from ..training.optim import build_adamw
 from .batch import IGNORE_INDEX, TaskBatch, check_int, make_generator
 from .metrics import correct_and_asked
 
@@ -114,9 +115,8 @@ def train(
     batch is answered that well. ``progress(step, loss)`` is called after every step (e.g. a tqdm update)."""
     gen = make_generator(settings.seed)
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(
-        model.param_groups(settings.weight_decay), lr=settings.lr, betas=(0.9, 0.98)
-    )
+    # The language-model trainer's optimiser and no-decay rule; the synthetic tasks' betas.
+    optimizer = build_adamw(model, settings.lr, settings.weight_decay, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(settings, step))
     held_out = None
     if settings.stop_at_accuracy is not None:  # drawn from its own seed, never seen in training
