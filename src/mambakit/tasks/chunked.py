@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_input_ids
 from ..errors import ConfigError
 from ..layers.mamba import MambaBlock
-from ..models.lm import MambaLMHeadModel, check_input_ids
+from ..models.lm import MambaLMHeadModel
 from ..ops.conv1d import causal_conv1d_ref
 from ..ops.selective_scan import selective_scan
 from .batch import TaskBatch, check_int
