@@ -103,3 +103,20 @@ def test_truncated_safetensors(tmp_path, model):
         path.write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match="model.safetensors.*truncated"):
             MambaLMHeadModel.from_pretrained(tmp_path)
+
+
+def test_files_round_trip_without_a_model(tmp_path):
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)}
+    checkpoint.write_checkpoint(tmp_path / "new", {"any": ["json", 1]}, tensors)
+    assert sorted(os.listdir(tmp_path / "new")) == ["config.json", "model.safetensors"]
+    raw, path = checkpoint.read_config_json(tmp_path / "new")
+    assert raw == {"any": ["json", 1]} and path == tmp_path / "new" / "config.json"
+    back, name = checkpoint.read_weights(tmp_path / "new")
+    assert name == "model.safetensors" and back.keys() == tensors.keys()
+    assert all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors)
+    (tmp_path / "new" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="expected a JSON object, got list"):
+        checkpoint.read_config_json(tmp_path / "new")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="path: expected a directory"):
+        checkpoint.write_checkpoint(tmp_path / "file", {}, tensors)

@@ -5,11 +5,12 @@ import json
 import math
 
 import pytest
+import torch
 import transformers
 from model_helpers import m2_config, nondefault_config, nondefault_mamba2_config
 
-from mambakit import MambaConfig
-from mambakit.errors import ConfigError
+from mambakit import MambaConfig, MambaLMHeadModel
+from mambakit.errors import CheckpointError, ConfigError
 from mambakit.models.formats import hf
 
 
@@ -144,3 +145,51 @@ def test_mamba1_hf_config_relabelled_mamba2_is_named():
 def test_what_the_hf_format_cannot_hold_is_refused(options, key):
     with pytest.raises(ConfigError, match=rf"mixer_cfg\['{key}"):
         hf.config_to_hf(m2_config(mixer_cfg=options))
+
+
+# Keys transformers' PretrainedConfig writes (in 4.x or 5.x) that mean nothing to mambakit: all ignored.
+GENERIC_KEYS = {
+    "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "torch_dtype": "float32", "dtype": "float32",
+    "transformers_version": "4.46.0", "_name_or_path": "x", "output_hidden_states": False, "use_cache": True,
+    "return_dict": True, "chunk_size_feed_forward": 0, "is_encoder_decoder": False,
+    "tie_encoder_decoder": False,
+    "id2label": {"0": "a"}, "label2id": {"a": 0}, "problem_type": None, "initializer_range": 0.1,
+    "time_step_scale": 1.0, "time_step_init_scheme": "random", "rescale_prenorm_residual": False,
+    "use_mambapy": False, "layer_types": None, "fused_add_norm": True, "ssm_cfg": {},
+    "some_future_transformers_key": [1, 2],
+}
+
+
+@pytest.mark.parametrize("config", [nondefault_config, lambda: m2_config(tie_embeddings=False)])
+def test_generic_and_implementation_keys_are_ignored(config):
+    c = config()
+    assert hf.config_from_hf({**hf.config_to_hf(c), **GENERIC_KEYS}) == c
+
+
+@pytest.mark.parametrize(
+    "kind,typo,meant",
+    [("mamba", "hidden_sise", "hidden_size"), ("mamba", "state_sizes", "state_size"),
+     ("mamba2", "num_head", "num_heads"), ("mamba2", "time_step_limits", "time_step_limit")],
+)
+def test_a_misspelt_key_is_named_with_the_key_it_resembles(kind, typo, meant):
+    c = nondefault_config() if kind == "mamba" else m2_config()
+    with pytest.raises(ConfigError, match=rf"unknown key\(s\) \['{typo}'\].*did you mean '{meant}'"):
+        hf.config_from_hf({**hf.config_to_hf(c), typo: 3})
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weights_both_ways(tied):
+    c = nondefault_config() if not tied else MambaConfig(d_model=24, n_layer=1, vocab_size=77, d_state=4)
+    model = MambaLMHeadModel(c)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stored = hf.weights_to_hf(state, c)
+    assert "backbone.embedding.weight" not in stored
+    assert stored["backbone.embeddings.weight"].shape == (77, 24)  # unpadded
+    assert ("lm_head.weight" in stored) == (not tied)
+    if not tied:
+        assert stored["lm_head.weight"].shape == (77, 24)
+    back = hf.weights_from_hf(stored, "src")
+    assert set(back) == set(state) - ({"lm_head.weight"} if tied else set())
+    assert torch.equal(back["backbone.embedding.weight"], state["backbone.embedding.weight"][:77])
+    with pytest.raises(CheckpointError, match="src: holds both"):
+        hf.weights_from_hf({**stored, "backbone.embedding.weight": back["backbone.embedding.weight"]}, "src")

@@ -4,9 +4,10 @@ and its weight names."""
 import json
 
 import pytest
+import torch
 from model_helpers import m2_config, nondefault_config, nondefault_mamba2_config
 
-from mambakit import MambaConfig
+from mambakit import MambaConfig, MambaLMHeadModel
 from mambakit.errors import ConfigError
 from mambakit.models.config import MAMBA2_DEFAULTS
 from mambakit.models.formats import state_spaces
@@ -121,3 +122,16 @@ def test_state_spaces_bad_mamba2_keys(mutate, key):
     mutate(d)
     with pytest.raises(ConfigError, match=key):
         state_spaces.config_from_state_spaces(d)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weights_are_the_model_names_with_a_stored_head(tied):
+    c = MambaConfig(d_model=16, n_layer=2, vocab_size=45, d_state=4, tie_embeddings=tied)
+    state = MambaLMHeadModel(c).state_dict()
+    stored = state_spaces.weights_to_state_spaces(state, c)
+    assert set(stored) == set(state)
+    assert stored["backbone.embedding.weight"].shape == (48, 16)  # padded, as officially
+    assert torch.equal(stored["lm_head.weight"], state["lm_head.weight"])
+    # a tied head is its own copy: safetensors stores no shared storage
+    if tied:
+        assert stored["lm_head.weight"].data_ptr() != stored["backbone.embedding.weight"].data_ptr()

@@ -8,7 +8,7 @@ from model_helpers import ids_, m2_model
 
 from mambakit import MambaConfig, MambaLMHeadModel
 from mambakit.errors import ConfigError, DTypeError
-from mambakit.models import TokenIdError
+from mambakit.models import SamplingOptions, TokenIdError, generate, generate_tokens
 
 VOCAB = 37  # padded to 40: the padding logits must never be sampled
 
@@ -150,3 +150,50 @@ def test_mamba2_greedy_generation_equals_repeated_full_forward():
             nxt = model(seq)[:, -1, :VOCAB].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
     assert torch.equal(out, seq)
+
+
+class _CountingLM:
+    """Not a MambaLMHeadModel: the least a model needs for generation, whose next token is last + 1."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.config = type("Config", (), {"vocab_size": vocab_size})()
+        self.training = True
+        self._param = torch.nn.Parameter(torch.zeros(1))
+        self.steps = 0
+
+    def _logits(self, last: torch.Tensor) -> torch.Tensor:
+        vocab = self.config.vocab_size
+        return torch.nn.functional.one_hot((last + 1) % vocab, vocab).float()
+
+    def __call__(self, input_ids, state=None, num_last_tokens=0):
+        return self._logits(input_ids)[:, -num_last_tokens:] if num_last_tokens else self._logits(input_ids)
+
+    def step(self, input_ids, state):
+        self.steps += 1
+        return self._logits(input_ids)
+
+    def allocate_inference_cache(self, batch_size, device=None, dtype=None):
+        return {}
+
+    def parameters(self):
+        yield self._param
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+
+def test_generation_needs_only_forward_step_and_a_cache():
+    lm = _CountingLM(vocab_size=6)
+    prompt = torch.tensor([[1, 2], [4, 5]])
+    out = generate(lm, prompt, 5, temperature=0)  # keyword options build the SamplingOptions
+    assert out.tolist() == [[1, 2, 3, 4, 5, 0, 1], [4, 5, 0, 1, 2, 3, 4]]
+    assert lm.steps == 4 and lm.training  # one prefill, then a step per further token; mode restored
+    options = SamplingOptions(temperature=0, eos_token_id=4)
+    tokens = list(generate_tokens(lm, prompt, 5, options=options))
+    assert [t.tolist() for t in tokens] == [[3, 0], [4, 1], [4, 2], [4, 3], [4, 4]]
+    with pytest.raises(ConfigError, match="options"):
+        generate(lm, prompt, 2, options={"temperature": 0})
