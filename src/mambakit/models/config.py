@@ -45,6 +45,11 @@ MAMBA2_DEFAULTS: dict[str, Any] = {
 MAMBA2_PAIRS = ("A_init_range", "dt_limit")
 _DEFAULT_D_STATE = {"mamba": 16, "mamba2": 128}  # the official defaults; other mixers take Mamba-1's
 REQUIRED_FIELDS = ("d_model", "n_layer", "vocab_size")
+#: The block options Mamba and Mamba-2 both take, which are fields of MambaConfig (and keys of the
+#: state-spaces ``ssm_cfg``).
+SHARED_BLOCK_FIELDS = (
+    "d_state", "d_conv", "expand", "dt_min", "dt_max", "dt_init_floor", "conv_bias", "bias",
+)
 
 
 def _is_number(v: object) -> bool:
@@ -197,6 +202,11 @@ class MambaConfig:
     def dt_rank_value(self) -> int:
         """The rank of the Δ projection, with "auto" resolved to ceil(d_model / 16)."""
         return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+    @property
+    def shared_block_options(self) -> dict[str, Any]:
+        """The options of :data:`SHARED_BLOCK_FIELDS` as keyword arguments of a Mamba or Mamba-2 block."""
+        return {name: getattr(self, name) for name in SHARED_BLOCK_FIELDS}
 
     @property
     def mamba2_options(self) -> dict[str, Any]:

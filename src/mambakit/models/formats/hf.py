@@ -81,6 +81,23 @@ _READ = {
 # Keys the other kind's reader reads that mean nothing to this kind (Mamba-2 has no Δ projection whose rank
 # to set; Mamba-1 configs converted from state-spaces carry rms_norm).
 _OWN_UNUSED = {"mamba": frozenset({"rms_norm"}), "mamba2": frozenset({"time_step_rank"})}
+# MambaConfig field -> the key transformers' Mamba and Mamba-2 configs both give it (read and written).
+_SHARED_KEYS = {
+    "vocab_size": "vocab_size",
+    "d_model": "hidden_size",
+    "d_state": "state_size",
+    "n_layer": "num_hidden_layers",
+    "norm_epsilon": "layer_norm_epsilon",
+    "expand": "expand",
+    "d_conv": "conv_kernel",
+    "bias": "use_bias",
+    "conv_bias": "use_conv_bias",
+    "residual_in_fp32": "residual_in_fp32",
+    "dt_min": "time_step_min",
+    "dt_max": "time_step_max",
+    "dt_init_floor": "time_step_floor",
+    "tie_embeddings": "tie_word_embeddings",
+}
 _TYPO_CUTOFF = 0.85  # difflib ratio above which an unknown key is taken for a misspelt key we read
 
 
@@ -120,31 +137,24 @@ def config_to_hf(config: MambaConfig) -> dict[str, Any]:
     return {
         "architectures": ["MambaForCausalLM"],
         "model_type": "mamba",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "state_size": config.d_state,
-        "num_hidden_layers": config.n_layer,
-        "layer_norm_epsilon": config.norm_epsilon,
-        "expand": config.expand,
+        **_shared_keys(config),
         "intermediate_size": config.d_inner,
-        "conv_kernel": config.d_conv,
-        "use_bias": config.bias,
-        "use_conv_bias": config.conv_bias,
         "hidden_act": "silu",
-        "residual_in_fp32": config.residual_in_fp32,
         "time_step_rank": config.dt_rank,
-        "time_step_min": config.dt_min,
-        "time_step_max": config.dt_max,
-        "time_step_floor": config.dt_init_floor,
         "time_step_scale": 1.0,
         "time_step_init_scheme": "random",
         # Init-only in transformers, but transformers 5.x applies the out_proj rescale again to weights it
         # has just loaded, so a true value here would corrupt the model on load.
         "rescale_prenorm_residual": False,
-        "tie_word_embeddings": config.tie_embeddings,
         "pad_vocab_size_multiple": config.pad_vocab_size_multiple,
         "dtype": "float32",
     }
+
+
+def _shared_keys(config: MambaConfig) -> dict[str, Any]:
+    """The keys of :data:`_SHARED_KEYS` with ``config``'s values."""
+    return {key: getattr(config, field) for field, key in _SHARED_KEYS.items()}
+
 
 def _config_to_hf_mamba2(config: MambaConfig) -> dict[str, Any]:
     o = config.mamba2_options
@@ -165,27 +175,14 @@ def _config_to_hf_mamba2(config: MambaConfig) -> dict[str, Any]:
     return {
         "architectures": ["Mamba2ForCausalLM"],
         "model_type": "mamba2",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "state_size": config.d_state,
-        "num_hidden_layers": config.n_layer,
-        "layer_norm_epsilon": config.norm_epsilon,
-        "expand": config.expand,
-        "conv_kernel": config.d_conv,
+        **_shared_keys(config),
         "num_heads": config.d_inner // o["headdim"],
         "head_dim": o["headdim"],
         "n_groups": o["ngroups"],
         "chunk_size": o["chunk_size"],
-        "use_bias": config.bias,
-        "use_conv_bias": config.conv_bias,
         "hidden_act": "silu",
-        "residual_in_fp32": config.residual_in_fp32,
-        "time_step_min": config.dt_min,
-        "time_step_max": config.dt_max,
-        "time_step_floor": config.dt_init_floor,
         "time_step_limit": list(o["dt_limit"]),
         "rescale_prenorm_residual": False,  # see config_to_hf: init-only, and harmful on load if true
-        "tie_word_embeddings": config.tie_embeddings,
         "pad_vocab_size_multiple": config.pad_vocab_size_multiple,
         # mambakit models know no special tokens; transformers' defaults (eos 2...) would stop generation
         "bos_token_id": None,
@@ -193,6 +190,7 @@ def _config_to_hf_mamba2(config: MambaConfig) -> dict[str, Any]:
         "pad_token_id": None,
         "dtype": "float32",
     }
+
 
 def config_from_hf(d: dict[str, Any]) -> MambaConfig:
     """Read a transformers ``MambaConfig`` ``config.json`` dict (model_type "mamba"), or a
@@ -224,31 +222,21 @@ def config_from_hf(d: dict[str, Any]) -> MambaConfig:
         raise ConfigError(f"config.hidden_act: expected 'silu', got {g['hidden_act']!r}")
     if mamba2:
         return _config_from_hf_mamba2(g)
-    cfg = MambaConfig(
-        d_model=g["hidden_size"],
-        n_layer=g["num_hidden_layers"],
-        vocab_size=g["vocab_size"],
-        d_state=g["state_size"],
-        d_conv=g["conv_kernel"],
-        expand=g["expand"],
-        dt_rank=g["time_step_rank"],
-        dt_min=g["time_step_min"],
-        dt_max=g["time_step_max"],
-        dt_init_floor=g["time_step_floor"],
-        conv_bias=g["use_conv_bias"],
-        bias=g["use_bias"],
-        rms_norm=True,
-        residual_in_fp32=g["residual_in_fp32"],
-        pad_vocab_size_multiple=g.get("pad_vocab_size_multiple", 8),
-        tie_embeddings=g["tie_word_embeddings"],
-        norm_epsilon=g["layer_norm_epsilon"],
-    )
+    cfg = MambaConfig(**_shared_fields(g), dt_rank=g["time_step_rank"])
     if "intermediate_size" in d and d["intermediate_size"] != cfg.d_inner:
         raise ConfigError(
             f"config.intermediate_size: expected expand * hidden_size = {cfg.d_inner}, "
             f"got {d['intermediate_size']!r}"
         )
     return cfg
+
+
+def _shared_fields(g: dict[str, Any]) -> dict[str, Any]:
+    """The MambaConfig fields of :data:`_SHARED_KEYS` from ``g`` (a config dict with the defaults filled in);
+    older HF exports carry ``pad_vocab_size_multiple``, newer ones do not (then the official 8)."""
+    fields = {field: g[key] for field, key in _SHARED_KEYS.items()}
+    return {**fields, "rms_norm": True, "pad_vocab_size_multiple": g.get("pad_vocab_size_multiple", 8)}
+
 
 def _config_from_hf_mamba2(g: dict[str, Any]) -> MambaConfig:
     """``g``: a transformers Mamba2Config dict with the defaults filled in."""
@@ -272,22 +260,7 @@ def _config_from_hf_mamba2(g: dict[str, Any]) -> MambaConfig:
             f"config.time_step_limit: expected a pair [low, high], got {g['time_step_limit']!r}"
         )
     return MambaConfig(
-        d_model=g["hidden_size"],
-        n_layer=g["num_hidden_layers"],
-        vocab_size=g["vocab_size"],
-        d_state=g["state_size"],
-        d_conv=g["conv_kernel"],
-        expand=g["expand"],
-        dt_min=g["time_step_min"],
-        dt_max=g["time_step_max"],
-        dt_init_floor=g["time_step_floor"],
-        conv_bias=g["use_conv_bias"],
-        bias=g["use_bias"],
-        rms_norm=True,
-        residual_in_fp32=g["residual_in_fp32"],
-        pad_vocab_size_multiple=g.get("pad_vocab_size_multiple", 8),
-        tie_embeddings=g["tie_word_embeddings"],
-        norm_epsilon=g["layer_norm_epsilon"],
+        **_shared_fields(g),
         mixer="mamba2",
         mixer_cfg={
             "headdim": head_dim,

@@ -21,7 +21,7 @@ import torch
 
 from ..._checks import check_mapping
 from ...errors import ConfigError
-from ..config import MAMBA2_DEFAULTS, MAMBA2_PAIRS, REQUIRED_FIELDS, MambaConfig
+from ..config import MAMBA2_DEFAULTS, MAMBA2_PAIRS, REQUIRED_FIELDS, SHARED_BLOCK_FIELDS, MambaConfig
 
 EMBEDDING = "backbone.embedding.weight"
 HEAD = "lm_head.weight"
@@ -43,16 +43,7 @@ _STATE_SPACES_KEYS = frozenset(
 def config_to_state_spaces(config: MambaConfig) -> dict[str, Any]:
     """The official ``config.json`` dict of ``config`` (loadable by ``mamba_ssm``'s MambaConfig when mixer is
     "mamba" or "mamba2" and norm_epsilon is the default)."""
-    ssm_cfg: dict[str, Any] = {
-        "d_state": config.d_state,
-        "d_conv": config.d_conv,
-        "expand": config.expand,
-        "dt_min": config.dt_min,
-        "dt_max": config.dt_max,
-        "dt_init_floor": config.dt_init_floor,
-        "conv_bias": config.conv_bias,
-        "bias": config.bias,
-    }
+    ssm_cfg: dict[str, Any] = config.shared_block_options
     # Keys the official code does not know are written only when they differ from its behaviour.
     extra: dict[str, Any] = {}
     if config.mixer == "mamba2":
@@ -155,17 +146,7 @@ def config_from_state_spaces(d: dict[str, Any]) -> MambaConfig:
         "vocab_size": d["vocab_size"],
         "mixer": mixer,
     }
-    for key in (
-        "d_state",
-        "d_conv",
-        "expand",
-        "dt_rank",
-        "dt_min",
-        "dt_max",
-        "dt_init_floor",
-        "conv_bias",
-        "bias",
-    ):
+    for key in (*SHARED_BLOCK_FIELDS, "dt_rank"):
         if key in ssm_cfg:
             kwargs[key] = ssm_cfg[key]
     for key in (
