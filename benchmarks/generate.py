@@ -20,6 +20,7 @@ import time
 import torch
 
 from mambakit.models import MambaConfig, MambaLMHeadModel
+from mambakit.models.formats import hf
 
 
 def _sync(device: torch.device) -> None:
@@ -98,7 +99,7 @@ def main() -> None:
         from transformers import MambaForCausalLM
 
         skip = ("architectures", "model_type", "dtype")
-        fields = {k: v for k, v in config.to_hf_dict().items() if k not in skip}
+        fields = {k: v for k, v in hf.config_to_hf(config).items() if k not in skip}
         theirs = MambaForCausalLM(HFMambaConfig(**fields)).to(device).eval()
         their_rate = decode_tokens_per_second(
             lambda x, n: theirs.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from mambakit.layers import MambaBlock
 from mambakit.models import MambaConfig, MambaLMHeadModel
+from mambakit.models.formats import hf as hf_format
 
 
 def hf_model(config: MambaConfig, device: torch.device) -> torch.nn.Module:
@@ -26,7 +27,7 @@ def hf_model(config: MambaConfig, device: torch.device) -> torch.nn.Module:
     from transformers import MambaForCausalLM
 
     skip = ("architectures", "model_type", "dtype")
-    fields = {k: v for k, v in config.to_hf_dict().items() if k not in skip}
+    fields = {k: v for k, v in hf_format.config_to_hf(config).items() if k not in skip}
     return MambaForCausalLM(HFMambaConfig(**fields)).to(device)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import ConfigError, DeviceError, DTypeError, ShapeError
+from .errors import ConfigError, DeviceError, DTypeError, ShapeError, TokenIdError
 
 
 def check_tensor(name: str, t: object, ndim: int | Sequence[int] | None = None,
@@ -78,3 +78,32 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
         if t is not None and t.dtype in (torch.float64, torch.complex128):
             return torch.float64
     return torch.float32
+
+
+def check_mapping(name: str, value: object) -> dict:
+    """Raise :class:`ConfigError` naming ``name`` unless ``value`` is a dict (a JSON object)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a JSON object (dict), got {type(value).__name__}")
+    return value
+
+
+def check_input_ids(
+    input_ids: object, vocab_size: int, ndim: int = 2, name: str = "input_ids"
+) -> torch.Tensor:
+    """Token ids: an integer tensor of rank ``ndim`` ((batch, L) by default, (batch,) for one step) with
+    every id in [0, vocab_size); raises :class:`DTypeError`, :class:`ShapeError` or :class:`TokenIdError`."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+        raise DTypeError(
+            f"{name}: expected an integer tensor (torch.long) of token ids, got {input_ids.dtype}"
+        )
+    if input_ids.dim() != ndim:
+        want = "(batch, L)" if ndim == 2 else "(batch,)"
+        raise ShapeError(f"{name}: expected {ndim} dimensions {want}, got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() > 0:
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise TokenIdError(f"{name}: expected token ids in [0, {vocab_size}) (vocab_size), got {bad}")
+    return input_ids

@@ -1,11 +1,14 @@
-"""Generation: greedy equals re-running the full model, sampling options, eos, streaming, bad arguments."""
+"""Generation: greedy equals re-running the full model (Mamba-1 and Mamba-2), reproducible sampling,
+repetition penalty, eos, streamers, training mode kept, bad arguments named."""
+
 
 import pytest
 import torch
+from model_helpers import ids_, m2_model
 
 from mambakit import MambaConfig, MambaLMHeadModel
 from mambakit.errors import ConfigError, DTypeError
-from mambakit.models import TokenIdError, sample_next_token
+from mambakit.models import SamplingOptions, TokenIdError, generate, generate_tokens
 
 VOCAB = 37  # padded to 40: the padding logits must never be sampled
 
@@ -51,19 +54,6 @@ def test_sampling_is_reproducible_with_a_generator(model):
         model.generate(prompt, 10, temperature=0.7, top_p=1e-6, generator=torch.Generator().manual_seed(1)),
         greedy,
     )
-
-
-def test_top_k_and_top_p_filters():
-    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(2000, 1)
-    g = torch.Generator().manual_seed(0)
-    assert set(sample_next_token(logits, 1.0, top_k=2, generator=g).tolist()) == {0, 1}
-    probs = torch.softmax(logits[0], -1)  # 0.636, 0.234, 0.086, ...
-    got = sample_next_token(logits, 1.0, top_p=0.8, generator=g)  # keeps the first two (0.636 < 0.8)
-    assert set(got.tolist()) == {0, 1}
-    frac = (got == 0).float().mean().item()
-    assert abs(frac - probs[0] / (probs[0] + probs[1])) < 0.05
-    assert set(sample_next_token(logits, 1.0, top_p=0.5, generator=g).tolist()) == {0}
-    assert torch.equal(sample_next_token(logits[:2], 0.0), torch.zeros(2, dtype=torch.long))
 
 
 def test_repetition_penalty_discourages_repeats(model):
@@ -148,3 +138,62 @@ def test_bad_prompts(model):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
     with pytest.raises(ConfigError, match="temperature"):  # the iterator checks before the first token
         model.generate_iter(torch.zeros(1, 2, dtype=torch.long), 3, temperature=-1)
+
+
+def test_mamba2_greedy_generation_equals_repeated_full_forward():
+    model = m2_model(dtype=torch.float64, mixer_cfg={"d_ssm": 24, "headdim": 6, "ngroups": 1})  # gated MLP
+    prompt = ids_(2, 5, seed=3)
+    out = model.generate(prompt, 12, temperature=0)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            nxt = model(seq)[:, -1, :VOCAB].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(out, seq)
+
+
+class _CountingLM:
+    """Not a MambaLMHeadModel: the least a model needs for generation, whose next token is last + 1."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.config = type("Config", (), {"vocab_size": vocab_size})()
+        self.training = True
+        self._param = torch.nn.Parameter(torch.zeros(1))
+        self.steps = 0
+
+    def _logits(self, last: torch.Tensor) -> torch.Tensor:
+        vocab = self.config.vocab_size
+        return torch.nn.functional.one_hot((last + 1) % vocab, vocab).float()
+
+    def __call__(self, input_ids, state=None, num_last_tokens=0):
+        return self._logits(input_ids)[:, -num_last_tokens:] if num_last_tokens else self._logits(input_ids)
+
+    def step(self, input_ids, state):
+        self.steps += 1
+        return self._logits(input_ids)
+
+    def allocate_inference_cache(self, batch_size, device=None, dtype=None):
+        return {}
+
+    def parameters(self):
+        yield self._param
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+
+def test_generation_needs_only_forward_step_and_a_cache():
+    lm = _CountingLM(vocab_size=6)
+    prompt = torch.tensor([[1, 2], [4, 5]])
+    out = generate(lm, prompt, 5, temperature=0)  # keyword options build the SamplingOptions
+    assert out.tolist() == [[1, 2, 3, 4, 5, 0, 1], [4, 5, 0, 1, 2, 3, 4]]
+    assert lm.steps == 4 and lm.training  # one prefill, then a step per further token; mode restored
+    options = SamplingOptions(temperature=0, eos_token_id=4)
+    tokens = list(generate_tokens(lm, prompt, 5, options=options))
+    assert [t.tolist() for t in tokens] == [[3, 0], [4, 1], [4, 2], [4, 3], [4, 4]]
+    with pytest.raises(ConfigError, match="options"):
+        generate(lm, prompt, 2, options={"temperature": 0})

@@ -1,13 +1,20 @@
-"""Language models: configuration, the Mamba LM, generation and checkpoints."""
+"""Language models: configuration, the Mamba LM, generation and checkpoints.
 
+Import order (each module imports only those before it): config, mixers, formats (state_spaces, hf),
+checkpoint (files), pretrained, sampling, generation, lm.
+"""
+
+from ..errors import TokenIdError
 from .config import MambaConfig
-from .generation import generate, generate_tokens, sample_next_token
-from .lm import MambaLMHeadModel, TokenIdError
+from .generation import generate, generate_tokens
+from .lm import MambaLMHeadModel
 from .mixers import available_mixers, register_mixer
+from .sampling import SamplingOptions, sample_next_token
 
 __all__ = [
     "MambaConfig",
     "MambaLMHeadModel",
+    "SamplingOptions",
     "TokenIdError",
     "available_mixers",
     "generate",

@@ -1,116 +1,91 @@
 """Autoregressive generation with the recurrent form: prefill the prompt with the scan, then one step per
 token.
 
-The inference cache is a list of per-layer mixer state dicts (``model.allocate_inference_cache``); each new
-token costs O(1) work and memory whatever the length so far. Sampling: greedy when ``temperature == 0``;
-otherwise repetition penalty (CTRL-style), temperature, top-k, top-p (nucleus), then a draw from
-``generator``.
+It works on any model that follows :class:`RecurrentLM` (``forward(ids, state=…)``, ``step(ids, state)``,
+``allocate_inference_cache(batch, …)``, a ``config.vocab_size``); it never imports the model classes. The
+inference cache holds every layer's recurrent state, so each new token costs O(1) work and memory whatever
+the length so far. How tokens are picked is :class:`~mambakit.models.sampling.SamplingOptions`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 
+from .._checks import check_input_ids, check_int
 from ..errors import ConfigError
-from .lm import check_input_ids
+from .sampling import SamplingOptions, apply_repetition_penalty, sample_next_token
 
 
-def _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_token_id, vocab_size):
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens: expected a non-negative integer, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ConfigError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ConfigError(f"top_k: expected None or a positive integer, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ConfigError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
-    if not isinstance(repetition_penalty, (int, float)) or not repetition_penalty > 0:
-        raise ConfigError(f"repetition_penalty: expected a number > 0 (1 = none), got {repetition_penalty!r}")
-    if eos_token_id is not None and (not isinstance(eos_token_id, int) or not 0 <= eos_token_id < vocab_size):
-        raise ConfigError(
-            f"eos_token_id: expected None or an integer in [0, {vocab_size}), got {eos_token_id!r}"
-        )
+class RecurrentLM(Protocol):
+    """What generation needs of a language model (:class:`mambakit.MambaLMHeadModel` is one)."""
+
+    config: Any  # with ``vocab_size``, the real vocabulary (logits beyond it are padding)
+    training: bool
+
+    def __call__(self, input_ids: torch.Tensor, state: Any = None, num_last_tokens: int = 0) -> torch.Tensor:
+        """(batch, L) ids -> (batch, num_last_tokens or L, V) logits; with ``state``, fills it (prefill)."""
+        ...
+
+    def step(self, input_ids: torch.Tensor, state: Any) -> torch.Tensor:
+        """(batch,) ids -> (batch, V) logits, advancing ``state`` by one token."""
+        ...
+
+    def allocate_inference_cache(self, batch_size: int, device: Any = None, dtype: Any = None) -> Any: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Make already-seen tokens less likely: positive logits divided by ``penalty``, negative ones multiplied.
-
-    logits (batch, V); seen (batch, V) bool. Returns a new tensor.
-    """
-    if penalty == 1.0:
-        return logits
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
-
-
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One token per row from logits (batch, V) -> (batch,) long. Greedy when ``temperature == 0``."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(-1) - probs  # probability of the strictly better tokens
-        drop_sorted = mass_before >= top_p  # the first token is never dropped
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def _options(options: SamplingOptions | None, sampling: dict[str, Any]) -> SamplingOptions:
+    """``options`` (default: the defaults) with the keyword options given on top; validated once here."""
+    if options is not None and not isinstance(options, SamplingOptions):
+        raise ConfigError(f"options: expected None or a SamplingOptions, got {type(options).__name__}")
+    return dataclasses.replace(options or SamplingOptions(), **sampling)
 
 
 def generate_tokens(
-    model: Any,
+    model: RecurrentLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | None = None,
+    *,
+    options: SamplingOptions | None = None,
     generator: torch.Generator | None = None,
-    repetition_penalty: float = 1.0,
+    **sampling: Any,
 ) -> Iterator[torch.Tensor]:
     """An iterator over the new tokens, one position at a time, each (batch,) long.
 
-    Rows that have produced ``eos_token_id`` keep yielding it; the iteration stops after ``max_new_tokens``
-    tokens or once every row has finished. Only the real vocabulary (``config.vocab_size``) is sampled.
-    Arguments are checked here, before the first token.
+    ``input_ids`` (batch, L) long, L >= 1. Sampling follows ``options``, with any :class:`SamplingOptions`
+    field given as a keyword (``temperature=0``, ``top_k=...``) on top. Rows that have produced
+    ``eos_token_id`` keep yielding it; the iteration stops after ``max_new_tokens`` tokens or once every row
+    has finished. Only the real vocabulary (``config.vocab_size``) is sampled. Arguments are checked here,
+    before the first token.
     """
     vocab_size = model.config.vocab_size
     check_input_ids(input_ids, vocab_size)
-    _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_token_id, vocab_size)
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
+    opts = _options(options, sampling)
+    opts.check_vocab(vocab_size)
     if input_ids.shape[1] == 0:
         raise ConfigError("input_ids: expected a prompt of at least one token, got length 0")
-    return _token_stream(
-        model,
-        input_ids,
-        max_new_tokens,
-        temperature,
-        top_k,
-        top_p,
-        eos_token_id,
-        generator,
-        repetition_penalty,
-    )
+    return _token_stream(model, input_ids, max_new_tokens, opts, generator)
 
 
 def _token_stream(
-    model, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator, repetition_penalty
+    model: RecurrentLM,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    opts: SamplingOptions,
+    generator: torch.Generator | None,
 ) -> Iterator[torch.Tensor]:
     vocab_size = model.config.vocab_size
+    eos = opts.eos_token_id
     batch = input_ids.shape[0]
     if max_new_tokens == 0:
         return
@@ -126,13 +101,13 @@ def _token_stream(
         seen.scatter_(1, input_ids, True)
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
-            scores = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
-            token = sample_next_token(scores, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                token = token.masked_fill(finished, eos_token_id)
-                finished |= token == eos_token_id
+            scores = apply_repetition_penalty(logits.float(), seen, opts.repetition_penalty)
+            token = sample_next_token(scores, opts.temperature, opts.top_k, opts.top_p, generator)
+            if eos is not None:
+                token = token.masked_fill(finished, eos)
+                finished |= token == eos
             yield token
-            if i + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
+            if i + 1 == max_new_tokens or (eos is not None and bool(finished.all())):
                 return
             seen.scatter_(1, token[:, None], True)
             with torch.no_grad():
@@ -142,21 +117,19 @@ def _token_stream(
 
 
 def generate(
-    model: Any,
+    model: RecurrentLM,
     input_ids: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | None = None,
+    *,
+    options: SamplingOptions | None = None,
     generator: torch.Generator | None = None,
-    repetition_penalty: float = 1.0,
-    streamer: Any = None,
+    streamer: Callable[[torch.Tensor], Any] | Any = None,
+    **sampling: Any,
 ) -> torch.Tensor:
     """Prompt (batch, L) long -> (batch, L + n) long, the prompt followed by n <= max_new_tokens new tokens.
 
-    ``streamer`` receives each new token (batch,) as it comes: either a callable, or an object with
-    ``put(tokens)`` and ``end()`` methods (as transformers' streamers have).
+    Sampling as :func:`generate_tokens`. ``streamer`` receives each new token (batch,) as it comes: either a
+    callable, or an object with ``put(tokens)`` and ``end()`` methods (as transformers' streamers have).
     """
     put = getattr(streamer, "put", streamer)
     if streamer is not None and not callable(put):
@@ -165,15 +138,7 @@ def generate(
         )
     new = []
     for token in generate_tokens(
-        model,
-        input_ids,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_id=eos_token_id,
-        generator=generator,
-        repetition_penalty=repetition_penalty,
+        model, input_ids, max_new_tokens, options=options, generator=generator, **sampling
     ):
         new.append(token)
         if streamer is not None:

@@ -21,36 +21,15 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .._checks import check_same_device
-from ..errors import ConfigError, DTypeError, ShapeError, TokenIdError
-from ..layers.mamba2 import RMSNormGated
-from ..layers.norm import RMSNorm
+from .._checks import check_input_ids, check_int, check_same_device
+from ..errors import ConfigError
+from ..layers import RMSNorm, RMSNormGated
+from . import generation, pretrained
 from .config import MambaConfig
 from .mixers import build_mixer
+from .sampling import SamplingOptions
 
 InferenceCache = list  # one mixer state dict per layer, made by MambaLMHeadModel.allocate_inference_cache
-
-
-
-def check_input_ids(
-    input_ids: object, vocab_size: int, ndim: int = 2, name: str = "input_ids"
-) -> torch.Tensor:
-    """input_ids must be an integer tensor of rank ``ndim`` with every id in [0, vocab_size)."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise DTypeError(f"{name}: expected a torch.Tensor of token ids, got {type(input_ids).__name__}")
-    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
-        raise DTypeError(
-            f"{name}: expected an integer tensor (torch.long) of token ids, got {input_ids.dtype}"
-        )
-    if input_ids.dim() != ndim:
-        want = "(batch, L)" if ndim == 2 else "(batch,)"
-        raise ShapeError(f"{name}: expected {ndim} dimensions {want}, got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() > 0:
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= vocab_size:
-            bad = lo if lo < 0 else hi
-            raise TokenIdError(f"{name}: expected token ids in [0, {vocab_size}) (vocab_size), got {bad}")
-    return input_ids
 
 
 class ResidualBlock(nn.Module):
@@ -167,16 +146,17 @@ class MambaLMHeadModel(nn.Module):
     ) -> torch.Tensor:
         """input_ids (batch, L) integer -> logits (batch, L, vocab_size_padded).
 
-        With ``state`` (from :meth:`allocate_inference_cache`), ``input_ids`` is a fresh prompt and on return
-        ``state`` holds every layer's recurrent state after its last token (prefill), ready for :meth:`step`.
+        With ``state`` (from :meth:`allocate_inference_cache`), the forward continues from that state (a zero
+        cache = a fresh prompt) and on return ``state`` holds every layer's recurrent state after the last
+        token, ready for :meth:`step` or the next chunk: ``model(chunk, state=cache)`` repeated over the
+        chunks of a long sequence gives the logits of one forward over all of it.
         ``num_last_tokens > 0`` computes the logits of the last positions only, (batch, num_last_tokens, V).
         """
         check_input_ids(input_ids, self.config.vocab_size)
         check_same_device(input_ids=input_ids, weights=self.lm_head.weight)
         if state is not None:
             self._check_cache(state, input_ids.shape[0])
-        if not isinstance(num_last_tokens, int) or isinstance(num_last_tokens, bool) or num_last_tokens < 0:
-            raise ConfigError(f"num_last_tokens: expected an integer >= 0 (0 = all), got {num_last_tokens!r}")
+        check_int("num_last_tokens", num_last_tokens, minimum=0)
         hidden = self.backbone(input_ids, state=state)
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
@@ -186,8 +166,7 @@ class MambaLMHeadModel(nn.Module):
         """A zero recurrent state for every layer: a list of per-layer mixer state dicts (for Mamba,
         conv_state (batch, d_inner, d_conv) and ssm_state (batch, d_inner, d_state); for Mamba-2,
         conv_state (batch, conv_dim, d_conv) and ssm_state (batch, heads, headdim, d_state))."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        check_int("batch_size", batch_size)
         return [
             layer.mixer.allocate_state(batch_size, device=device, dtype=dtype)
             for layer in self.backbone.layers
@@ -215,28 +194,20 @@ class MambaLMHeadModel(nn.Module):
     ) -> torch.Tensor:
         """Prompt (batch, L) -> prompt followed by the new tokens (batch, L + n), n <= max_new_tokens.
 
-        See :func:`mambakit.models.generation.generate`.
+        The sampling keywords are the fields of :class:`~mambakit.models.sampling.SamplingOptions` (greedy
+        when ``temperature == 0``); see :func:`mambakit.models.generation.generate`.
         """
-        from .generation import generate
-
-        return generate(
-            self,
-            input_ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
+        options = SamplingOptions(
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             eos_token_id=eos_token_id,
-            generator=generator,
-            repetition_penalty=repetition_penalty,
-            streamer=streamer,
+        )
+        return generation.generate(
+            self, input_ids, max_new_tokens, options=options, generator=generator, streamer=streamer
         )
 
     def generate_iter(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> Iterator[torch.Tensor]:
-        """Yield each new token (batch,) as it is produced; arguments as :meth:`generate`."""
-        from .generation import generate_tokens
-
-        return generate_tokens(self, input_ids, max_new_tokens, **kwargs)
+        """Yield each new token (batch,) as it is produced; keywords as :meth:`generate` (no streamer)."""
+        return generation.generate_tokens(self, input_ids, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------------------------------ training
     def no_weight_decay_param_names(self) -> set[str]:
@@ -267,14 +238,10 @@ class MambaLMHeadModel(nn.Module):
     # ------------------------------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device=None, dtype=None) -> MambaLMHeadModel:
-        """Load a directory in the state-spaces or the Hugging Face layout; see :mod:`.checkpoint`."""
-        from .checkpoint import load_pretrained
-
-        return load_pretrained(path, device=device, dtype=dtype)
+        """Load a directory in the state-spaces or the Hugging Face layout; see :mod:`.pretrained`."""
+        return pretrained.load_pretrained(cls, path, device=device, dtype=dtype)
 
     def save_pretrained(self, path: str | os.PathLike, format: str = "mambakit") -> None:
         """Write ``config.json`` and ``model.safetensors``: ``format="mambakit"`` (state-spaces layout) or
-        ``"hf"`` (transformers ``MambaForCausalLM``); see :mod:`.checkpoint`."""
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, path, format=format)
+        ``"hf"`` (transformers ``MambaForCausalLM``); see :mod:`.pretrained`."""
+        pretrained.save_pretrained(self, path, format=format)

@@ -27,28 +27,14 @@ if TYPE_CHECKING:
 MixerFactory = Callable[["MambaConfig", int, object, object], nn.Module]
 
 
-def _shared_options(config: MambaConfig) -> dict:
-    """The block options Mamba and Mamba-2 both take from MambaConfig's fields."""
-    return {
-        "d_state": config.d_state,
-        "d_conv": config.d_conv,
-        "expand": config.expand,
-        "dt_min": config.dt_min,
-        "dt_max": config.dt_max,
-        "dt_init_floor": config.dt_init_floor,
-        "conv_bias": config.conv_bias,
-        "bias": config.bias,
-    }
-
-
 def _build_mamba(config: MambaConfig, layer_idx: int, device=None, dtype=None) -> nn.Module:
-    return MambaBlock(config.d_model, dt_rank=config.dt_rank, **_shared_options(config),
+    return MambaBlock(config.d_model, dt_rank=config.dt_rank, **config.shared_block_options,
                       layer_idx=layer_idx, device=device, dtype=dtype)
 
 
 def _build_mamba2(config: MambaConfig, layer_idx: int, device=None, dtype=None) -> nn.Module:
     """The Mamba-2 block: shared options from the config's fields, the others from ``mixer_cfg``."""
-    return Mamba2Block(config.d_model, **_shared_options(config), **config.mamba2_options,
+    return Mamba2Block(config.d_model, **config.shared_block_options, **config.mamba2_options,
                        layer_idx=layer_idx, device=device, dtype=dtype)
 
 

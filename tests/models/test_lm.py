@@ -1,10 +1,11 @@
-"""MambaLMHeadModel: structure, initialisation, the residual stack, step == forward, weight-decay groups,
-bad input."""
+"""The language model: structure and names, initialisation, the residual stack, prefill + steps ==
+forward (Mamba-1 and Mamba-2), precisions, weight-decay groups, gradients, bad input."""
 
 import math
 
 import pytest
 import torch
+from model_helpers import VOCAB, ids_, m2_config, m2_model
 
 from mambakit import MambaBlock, MambaConfig, MambaLMHeadModel, RMSNorm
 from mambakit.errors import ConfigError, DeviceError, DTypeError, ShapeError
@@ -219,3 +220,55 @@ def test_input_on_another_device():
     m = MambaLMHeadModel(tiny()).to("meta")
     with pytest.raises(DeviceError, match="input_ids"):
         m(torch.ones(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_mamba2_prefill_then_steps_equals_forward(dtype, tol):
+    model = m2_model(dtype=dtype)
+    ids = ids_(2, 14)
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.allocate_inference_cache(2)
+        assert cache[0]["ssm_state"].shape == (2, 8, 4, 8) and cache[0]["ssm_state"].dtype == dtype
+        assert cache[0]["conv_state"].shape == (2, 32 + 2 * 2 * 8, 4)
+        prefix = model(ids[:, :7], state=cache)  # longer than one chunk (5), not a multiple of it
+        steps = [model.step(ids[:, t], cache) for t in range(7, 14)]
+    torch.testing.assert_close(prefix, full[:, :7], rtol=0, atol=tol)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 7:], rtol=0, atol=tol)
+
+
+def test_initialisation_keeps_the_mamba2_parameters():
+    """The LM's reset_parameters re-draws Linear biases, the embedding and out_proj, but must leave the
+    block's A_log, dt_bias and D as the block initialised them."""
+    cfg = m2_config(d_model=32, n_layer=3, bias=True, dt_min=0.01, dt_max=0.05, dt_init_floor=1e-4,
+                    mixer_cfg={"A_init_range": (2.0, 4.0), "headdim": 4})
+    model = MambaLMHeadModel(cfg, generator=torch.Generator().manual_seed(0))
+    for layer in model.backbone.layers:
+        mixer = layer.mixer
+        A = torch.exp(mixer.A_log.detach())
+        assert A.min() >= 2.0 - 1e-5 and A.max() <= 4.0 + 1e-5 and A.std() > 0
+        dt = torch.nn.functional.softplus(mixer.dt_bias.detach())
+        assert dt.min() >= 0.01 * (1 - 1e-4) and dt.max() <= 0.05 * (1 + 1e-4)
+        assert torch.equal(mixer.D.detach(), torch.ones_like(mixer.D))
+        assert torch.equal(mixer.norm.weight.detach(), torch.ones_like(mixer.norm.weight))
+        assert torch.all(mixer.in_proj.bias == 0) and torch.all(mixer.out_proj.bias == 0)
+        # out_proj: Kaiming-uniform bound 1/sqrt(fan_in), then the 1/sqrt(n_layer) residual rescaling
+        bound = 1 / math.sqrt(mixer.out_proj.in_features) / math.sqrt(3)
+        assert mixer.out_proj.weight.abs().max() <= bound + 1e-6
+        assert mixer.out_proj.weight.abs().max() > 0.8 * bound
+    no_decay = model.no_weight_decay_param_names()
+    for name in ("A_log", "dt_bias", "D", "norm.weight", "in_proj.bias"):
+        assert f"backbone.layers.1.mixer.{name}" in no_decay
+    assert "backbone.layers.1.mixer.in_proj.weight" not in no_decay
+
+
+def test_mamba2_training_step_reaches_every_parameter():
+    model = m2_model().train()
+    ids = ids_(2, 12)
+    logits = model(ids[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits[..., :VOCAB].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if name != "backbone.embedding.weight":
+            assert p.grad.abs().sum() > 0, name

@@ -1,45 +1,27 @@
-"""Checkpoints: round trips in both formats, pytorch_model.bin, sharded files, atomic writes, and every way a
-checkpoint directory can be wrong."""
+"""Models from checkpoint directories and back: round trips in both formats (Mamba-1 and Mamba-2), saved
+precision, and every way the weights or config can disagree with the model, named."""
 
 import json
 import os
-import pickle
 
 import pytest
 import torch
+from model_helpers import IDS, VOCAB, ids_, m2_config, m2_model, perturbed_model, same_logits, tiny_config
 from safetensors.torch import load_file, save_file
 
 from mambakit import MambaConfig, MambaLMHeadModel
 from mambakit.errors import CheckpointError, ConfigError
-from mambakit.models import checkpoint
-
-
-def tiny(**kw) -> MambaConfig:
-    base = dict(d_model=16, n_layer=2, vocab_size=45, d_state=4)
-    base.update(kw)
-    return MambaConfig(**base)
+from mambakit.models.formats import hf, state_spaces
 
 
 @pytest.fixture
 def model() -> MambaLMHeadModel:
-    m = MambaLMHeadModel(tiny())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return m.eval()
-
-
-IDS = torch.tensor([[1, 5, 44, 0, 7, 7, 3]])
-
-
-def same_logits(a: MambaLMHeadModel, b: MambaLMHeadModel) -> bool:
-    with torch.no_grad():
-        return torch.equal(a(IDS), b(IDS))
+    return perturbed_model()
 
 
 @pytest.mark.parametrize("untied", [False, True])
 def test_mambakit_format_round_trip(tmp_path, untied):
-    m = MambaLMHeadModel(tiny(tie_embeddings=not untied, bias=untied))
+    m = MambaLMHeadModel(tiny_config(tie_embeddings=not untied, bias=untied))
     m.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "config.json").read_text())
@@ -65,7 +47,7 @@ def test_hf_format_files(tmp_path, model):
 
 
 def test_hf_format_untied_head(tmp_path):
-    m = MambaLMHeadModel(tiny(tie_embeddings=False))
+    m = MambaLMHeadModel(tiny_config(tie_embeddings=False))
     m.save_pretrained(tmp_path, format="hf")
     stored = load_file(tmp_path / "model.safetensors")
     assert stored["lm_head.weight"].shape == (45, 16)  # unpadded, like the embedding
@@ -73,50 +55,6 @@ def test_hf_format_untied_head(tmp_path):
     assert back.lm_head.weight.shape == (48, 16) and back.lm_head.weight is not back.backbone.embedding.weight
     with torch.no_grad():
         assert torch.equal(back(IDS)[..., :45], m(IDS)[..., :45])
-
-
-def test_pytorch_bin_is_read_when_there_is_no_safetensors(tmp_path, model):
-    model.save_pretrained(tmp_path)
-    tensors = load_file(tmp_path / "model.safetensors")
-    os.remove(tmp_path / "model.safetensors")
-    torch.save(tensors, tmp_path / "pytorch_model.bin")
-    assert same_logits(model, MambaLMHeadModel.from_pretrained(tmp_path))
-
-
-def test_safetensors_wins_over_bin(tmp_path, model):
-    model.save_pretrained(tmp_path)
-    (tmp_path / "pytorch_model.bin").write_bytes(b"not a checkpoint")
-    assert same_logits(model, MambaLMHeadModel.from_pretrained(tmp_path))
-
-
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("echo should-never-run",))
-
-
-def test_bin_with_pickled_code_is_refused(tmp_path, model):
-    model.save_pretrained(tmp_path)
-    os.remove(tmp_path / "model.safetensors")
-    with open(tmp_path / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"weights": Payload()}, f)
-    with pytest.raises(CheckpointError, match="weights_only"):
-        MambaLMHeadModel.from_pretrained(tmp_path)
-
-
-def test_sharded_safetensors(tmp_path, model):
-    model.save_pretrained(tmp_path)
-    tensors = load_file(tmp_path / "model.safetensors")
-    os.remove(tmp_path / "model.safetensors")
-    names = sorted(tensors)
-    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2 :]}
-    for shard, keys in shards.items():
-        save_file({k: tensors[k] for k in keys}, tmp_path / shard)
-    index = {"weight_map": {k: s for s, keys in shards.items() for k in keys}}
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert same_logits(model, MambaLMHeadModel.from_pretrained(tmp_path))
-    os.remove(tmp_path / "b.safetensors")
-    with pytest.raises(CheckpointError, match="b.safetensors"):
-        MambaLMHeadModel.from_pretrained(tmp_path)
 
 
 def test_dtype_and_saved_precision(tmp_path, model):
@@ -127,48 +65,6 @@ def test_dtype_and_saved_precision(tmp_path, model):
     assert (
         MambaLMHeadModel.from_pretrained(tmp_path, dtype=torch.float64).lm_head.weight.dtype == torch.float64
     )
-
-
-def test_writes_are_atomic(tmp_path, model, monkeypatch):
-    model.save_pretrained(tmp_path)
-    before = (tmp_path / "model.safetensors").read_bytes()
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    other = MambaLMHeadModel(tiny())
-    monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        other.save_pretrained(tmp_path)
-    monkeypatch.undo()
-    assert (tmp_path / "model.safetensors").read_bytes() == before  # the old file is intact
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]  # no temporary left over
-    assert same_logits(model, MambaLMHeadModel.from_pretrained(tmp_path))
-
-
-# ----------------------------------------------------------------------------------------------- bad input
-def test_missing_directory_config_or_weights(tmp_path, model):
-    with pytest.raises(CheckpointError, match="path"):
-        MambaLMHeadModel.from_pretrained(tmp_path / "nowhere")
-    with pytest.raises(CheckpointError, match="config.json"):
-        MambaLMHeadModel.from_pretrained(tmp_path)
-    model.save_pretrained(tmp_path)
-    os.remove(tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="model.safetensors or pytorch_model.bin"):
-        MambaLMHeadModel.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="JSON"):
-        MambaLMHeadModel.from_pretrained(tmp_path)
-
-
-def test_truncated_safetensors(tmp_path, model):
-    model.save_pretrained(tmp_path)
-    path = tmp_path / "model.safetensors"
-    data = path.read_bytes()
-    for cut in (len(data) - 100, 20, 4):
-        path.write_bytes(data[:cut])
-        with pytest.raises(CheckpointError, match="model.safetensors.*truncated"):
-            MambaLMHeadModel.from_pretrained(tmp_path)
 
 
 def _rewrite_weights(tmp_path, edit) -> None:
@@ -208,7 +104,7 @@ def test_bad_weights(tmp_path, model, edit, message):
 
 
 def test_untied_checkpoint_needs_its_head(tmp_path):
-    MambaLMHeadModel(tiny(tie_embeddings=False)).save_pretrained(tmp_path)
+    MambaLMHeadModel(tiny_config(tie_embeddings=False)).save_pretrained(tmp_path)
     _rewrite_weights(tmp_path, lambda t: t.pop("lm_head.weight"))
     with pytest.raises(CheckpointError, match="missing weight.*lm_head.weight"):
         MambaLMHeadModel.from_pretrained(tmp_path)
@@ -248,7 +144,88 @@ def test_bad_save_arguments(tmp_path, model):
     with pytest.raises(CheckpointError, match="path"):
         model.save_pretrained(tmp_path / "file")
     with pytest.raises(ConfigError, match="rms_norm"):
-        MambaLMHeadModel(tiny(rms_norm=False)).save_pretrained(tmp_path / "ln", format="hf")
-    layer_norm = MambaLMHeadModel(tiny(rms_norm=False))
+        MambaLMHeadModel(tiny_config(rms_norm=False)).save_pretrained(tmp_path / "ln", format="hf")
+    layer_norm = MambaLMHeadModel(tiny_config(rms_norm=False))
     layer_norm.save_pretrained(tmp_path / "ln")  # the state-spaces layout holds LayerNorm models
     assert same_logits(layer_norm, MambaLMHeadModel.from_pretrained(tmp_path / "ln"))
+
+
+@pytest.mark.parametrize("format", ["mambakit", "hf"])
+def test_mamba2_checkpoint_round_trip(tmp_path, format):
+    model = m2_model(tie_embeddings=False)
+    model.save_pretrained(tmp_path, format=format)
+    stored = load_file(tmp_path / "model.safetensors")
+    for name, shape in (("dt_bias", (8,)), ("A_log", (8,)), ("D", (8,)), ("norm.weight", (32,))):
+        assert stored[f"backbone.layers.1.mixer.{name}"].shape == shape
+    config = json.loads((tmp_path / "config.json").read_text())
+    if format == "hf":
+        assert config["model_type"] == "mamba2" and stored["backbone.embeddings.weight"].shape == (VOCAB, 16)
+    else:
+        assert config["ssm_cfg"]["layer"] == "Mamba2"
+        assert stored["backbone.embedding.weight"].shape == (40, 16)
+    back = MambaLMHeadModel.from_pretrained(tmp_path)
+    assert back.config == model.config
+    with torch.no_grad():
+        assert torch.equal(back(ids_(1, 9))[..., :VOCAB], model(ids_(1, 9))[..., :VOCAB])
+
+
+def test_gated_mlp_variant_round_trips_in_the_state_spaces_layout(tmp_path):
+    model = m2_model(mixer_cfg={"d_ssm": 24, "headdim": 6, "ngroups": 2, "norm_before_gate": True,
+                                "D_has_hdim": True, "norm_eps": 1e-6})
+    model.save_pretrained(tmp_path)
+    back = MambaLMHeadModel.from_pretrained(tmp_path)
+    assert back.config == model.config and back.backbone.layers[0].mixer.d_mlp == 8
+    with torch.no_grad():
+        assert torch.equal(back(ids_(1, 9)), model(ids_(1, 9)))
+    with pytest.raises(ConfigError, match="d_ssm"):
+        model.save_pretrained(tmp_path / "hf", format="hf")
+
+
+def _mamba1_twin() -> MambaLMHeadModel:
+    return MambaLMHeadModel(MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=8))
+
+
+@pytest.mark.parametrize("format,field", [("mambakit", "config.ssm_cfg.layer"), ("hf", "config.model_type")])
+def test_mamba2_checkpoint_loaded_as_mamba1_names_the_field(tmp_path, format, field):
+    m2_model().save_pretrained(tmp_path, format=format)
+    twin = _mamba1_twin().config
+    mamba1_config = hf.config_to_hf(twin) if format == "hf" else state_spaces.config_to_state_spaces(twin)
+    (tmp_path / "config.json").write_text(json.dumps(mamba1_config))  # Mamba-1 config, Mamba-2 weights
+    with pytest.raises(CheckpointError, match=rf"{field} makes this a Mamba-1 model.*Mamba-2 checkpoint"):
+        MambaLMHeadModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("format,field", [("mambakit", "config.ssm_cfg.layer"), ("hf", "config.model_type")])
+def test_mamba1_checkpoint_loaded_as_mamba2_names_the_field(tmp_path, format, field):
+    _mamba1_twin().save_pretrained(tmp_path, format=format)
+    cfg = m2_config()
+    (tmp_path / "config.json").write_text(
+        json.dumps(hf.config_to_hf(cfg) if format == "hf" else state_spaces.config_to_state_spaces(cfg))
+    )
+    with pytest.raises(CheckpointError, match=rf"{field} makes this a Mamba-2 model.*Mamba-1 checkpoint"):
+        MambaLMHeadModel.from_pretrained(tmp_path)
+
+
+def test_relabelled_configs_are_refused_with_the_field(tmp_path):
+    m2_model().save_pretrained(tmp_path / "m2", format="hf")
+    path = tmp_path / "m2" / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "model_type": "mamba"}))
+    with pytest.raises(CheckpointError, match="model_type 'mamba'.*keys of model_type 'mamba2'"):
+        MambaLMHeadModel.from_pretrained(tmp_path / "m2")
+    m2_model().save_pretrained(tmp_path / "ss")
+    path = tmp_path / "ss" / "config.json"
+    config = json.loads(path.read_text())
+    del config["ssm_cfg"]["layer"]
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="Mamba-2 options.*ssm_cfg.layer 'Mamba1'"):
+        MambaLMHeadModel.from_pretrained(tmp_path / "ss")
+
+
+def test_mismatched_mamba2_weights(tmp_path):
+    m2_model().save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["backbone.layers.0.mixer.dt_bias"] = torch.zeros(4)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"'backbone.layers.0.mixer.dt_bias'.*expected shape \(8,\)"):
+        MambaLMHeadModel.from_pretrained(tmp_path)
