@@ -5,7 +5,7 @@
     python experiments/run.py selective_copying --set seq_len=512 --set 'mixers=["mamba","s4d"]'
 
 Results go to experiments/results/<name>-<preset>/ (results.md, results.json, <name>.png) unless --out says
-otherwise. Presets and fields: mambakit.tasks.experiment.
+otherwise. Presets and fields: experiments/settings.py.
 """
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ import argparse
 import ast
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 
 from mambakit.errors import MambakitError
-from mambakit.tasks.experiment import PRESETS, run_experiment
+
+# Run as a script: the repo root, which holds the experiments package, goes on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from experiments.runner import run_experiment  # noqa: E402
+from experiments.settings import PRESETS  # noqa: E402
 
 
 def parse_override(text: str) -> tuple[str, object]:

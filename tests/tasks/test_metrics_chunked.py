@@ -4,11 +4,11 @@ accuracy for Mamba and non-Mamba models; bad input."""
 
 import pytest
 import torch
+from experiments.settings import build_model
 
 from mambakit import MambaConfig, MambaLMHeadModel
 from mambakit.errors import ConfigError
 from mambakit.tasks import InductionHeads
-from mambakit.tasks.experiment import build_model
 from mambakit.tasks.metrics import chunked_last_logits, last_position_accuracy
 
 

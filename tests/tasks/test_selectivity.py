@@ -8,8 +8,8 @@ the accuracies measured with seeds 0-3.
 """
 
 import pytest
+from experiments.settings import build_model
 
-from mambakit.tasks.experiment import build_model
 from mambakit.tasks.selective_copying import TINY
 from mambakit.tasks.training import TrainSettings, evaluate, train
 

@@ -3,10 +3,10 @@ accuracy, rejects bad settings."""
 
 import pytest
 import torch
+from experiments.settings import build_model
 
 from mambakit.errors import ConfigError
 from mambakit.tasks import TaskBatch
-from mambakit.tasks.experiment import build_model
 from mambakit.tasks.selective_copying import SelectiveCopying
 from mambakit.tasks.training import TrainSettings, lr_factor, train
 

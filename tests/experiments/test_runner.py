@@ -3,9 +3,10 @@
 import json
 
 import pytest
+from experiments.runner import run_experiment
+from experiments.settings import PRESETS, settings_for
 
 from mambakit.errors import ConfigError
-from mambakit.tasks.experiment import PRESETS, run_experiment, settings_for
 
 
 def test_selective_copying_writes_table_json_and_plot(tmp_path):
@@ -100,7 +101,7 @@ def test_induction_heads_curriculum_trains_each_length_first(tmp_path):
 
 
 def test_curriculum_phases_use_their_own_batch_and_lr(tmp_path, monkeypatch):
-    import mambakit.tasks.experiment as experiment
+    import experiments.runner as experiment
 
     used = []
     real_train = experiment.train
@@ -150,7 +151,7 @@ def test_bad_curriculum_is_a_config_error(tmp_path, curriculum, field):
 
 
 def test_lengths_after_a_run_at_chance_are_skipped(tmp_path, monkeypatch):
-    import mambakit.tasks.experiment as experiment
+    import experiments.runner as experiment
 
     calls = []
 

@@ -1,0 +1,2 @@
+"""The paper reproductions: settings and presets, the runner and the reports
+(``python experiments/run.py NAME``)."""
