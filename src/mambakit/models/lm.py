@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .._checks import check_input_ids, check_int, check_same_device
+from .._checks import check_input_ids, check_int, check_same_device, compute_dtype
 from ..errors import ConfigError
 from ..layers import RMSNorm, RMSNormGated
 from . import generation, pretrained
@@ -56,8 +56,8 @@ class MixerModel(nn.Module):
         self.norm_f = norm_cls(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype)
 
     def _add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        if self.residual_in_fp32 and residual.dtype != torch.float64:
-            residual = residual.float()
+        if self.residual_in_fp32:  # float32 (float64 stays float64), whatever the layers' precision
+            residual = residual.to(compute_dtype(residual))
         return residual + update
 
     def forward(self, input_ids: torch.Tensor, state: InferenceCache | None = None) -> torch.Tensor:

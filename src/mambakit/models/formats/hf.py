@@ -206,8 +206,8 @@ def config_from_hf(d: dict[str, Any]) -> MambaConfig:
     check_mapping("config", d)
     if d.get("model_type") not in ("mamba", "mamba2"):
         raise ConfigError(f"config.model_type: expected 'mamba' or 'mamba2', got {d.get('model_type')!r}")
+    _check_keys(d, d["model_type"])
     mamba2 = d["model_type"] == "mamba2"
-    _check_keys(d, "mamba2" if mamba2 else "mamba")
     d = _decode_special_floats(dict(d))
     # Converted checkpoints also carry the state-spaces names; they must agree with the HF ones.
     for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers")):
