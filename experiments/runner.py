@@ -28,7 +28,8 @@ from mambakit.atomic import write_bytes_atomic, write_text_atomic
 from mambakit.errors import ConfigError
 from mambakit.tasks import InductionHeads, SelectiveCopying
 from mambakit.tasks.metrics import last_position_accuracy
-from mambakit.tasks.training import LR_SCHEDULES, TrainResult, TrainSettings, evaluate, train
+from mambakit.training.optim import LR_SCHEDULES
+from mambakit.training.synthetic import TrainResult, TrainSettings, evaluate, train
 
 from .report import (
     induction_heads_plot,

@@ -11,7 +11,7 @@ import pytest
 from experiments.settings import build_model
 
 from mambakit.tasks.selective_copying import TINY
-from mambakit.tasks.training import TrainSettings, evaluate, train
+from mambakit.training.synthetic import TrainSettings, evaluate, train
 
 MAX_STEPS = 300
 

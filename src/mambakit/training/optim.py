@@ -46,16 +46,25 @@ def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[f
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=False)
 
 
-def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1) -> float:
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1,
+          schedule: str = "cosine") -> float:
     """Learning rate for optimiser step ``step`` (1-based).
 
-    Linear warmup from ``peak_lr / warmup_steps`` to ``peak_lr`` over ``warmup_steps``, then cosine decay
-    to ``min_lr_ratio * peak_lr`` at ``total_steps`` (held there after).
+    Linear warmup from ``peak_lr / warmup_steps`` to ``peak_lr`` over ``warmup_steps``, then (``"cosine"``)
+    cosine decay to ``min_lr_ratio * peak_lr`` at ``total_steps`` (held there after), or (``"constant"``)
+    ``peak_lr`` throughout.
     """
     if total_steps < 1:
         raise ConfigError(f"total_steps: expected a positive integer, got {total_steps}")
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {schedule!r}")
     if step <= warmup_steps:
         return peak_lr * step / max(warmup_steps, 1)
+    if schedule == "constant":
+        return peak_lr
     span = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / span, 1.0)
     floor = min_lr_ratio * peak_lr

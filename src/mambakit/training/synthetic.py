@@ -15,13 +15,12 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_int
 from ..errors import ConfigError
 from ..models.lm import MambaLMHeadModel
-from ..training.optim import build_adamw
-from .batch import IGNORE_INDEX, TaskBatch, check_int, make_generator
-from .metrics import correct_and_asked
-
-LR_SCHEDULES = ("cosine", "constant")
+from ..tasks.batch import IGNORE_INDEX, TaskBatch, make_generator
+from ..tasks.metrics import correct_and_asked
+from .optim import LR_SCHEDULES, build_adamw, lr_at
 
 
 class Task(Protocol):
@@ -85,18 +84,6 @@ class TrainResult:
     stopped_by_accuracy: float | None = None  # the held-out accuracy that stopped the run early, if any
 
 
-def lr_factor(settings: TrainSettings, step: int) -> float:
-    """The learning rate of ``step`` (0-based) as a fraction of ``settings.lr``: a linear warm-up over
-    ``warmup_steps``, then constant or a cosine decay to 10% at ``steps``, as ``lr_schedule`` says."""
-    warmup = settings.warmup_steps
-    if step < warmup:
-        return (step + 1) / warmup
-    if settings.lr_schedule == "constant":
-        return 1.0
-    t = (step - warmup) / max(1, settings.steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-
 def task_loss(model: torch.nn.Module, batch: TaskBatch) -> torch.Tensor:
     """Mean cross-entropy over the asked positions of a batch."""
     logits = model(batch.inputs)
@@ -117,7 +104,9 @@ def train(
     device = next(model.parameters()).device
     # The language-model trainer's optimiser and no-decay rule; the synthetic tasks' betas.
     optimizer = build_adamw(model, settings.lr, settings.weight_decay, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(settings, step))
+    # LambdaLR counts from 0 before the first step; lr_at counts optimiser steps from 1.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(
+        step + 1, 1.0, settings.warmup_steps, settings.steps, 0.1, settings.lr_schedule))
     held_out = None
     if settings.stop_at_accuracy is not None:  # drawn from its own seed, never seen in training
         held_out = [

@@ -8,7 +8,8 @@ from experiments.settings import build_model
 from mambakit.errors import ConfigError
 from mambakit.tasks import TaskBatch
 from mambakit.tasks.selective_copying import SelectiveCopying
-from mambakit.tasks.training import TrainSettings, lr_factor, train
+from mambakit.training.optim import lr_at
+from mambakit.training.synthetic import TrainSettings, train
 
 
 class AlwaysZero:
@@ -47,14 +48,34 @@ def test_stops_once_the_held_out_batch_is_answered():
 
 
 def test_lr_schedules_warm_up_then_decay_or_hold():
-    cosine = TrainSettings(steps=110, warmup_steps=10)
-    constant = TrainSettings(steps=110, warmup_steps=10, lr_schedule="constant")
+    cosine = dict(peak_lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    constant = dict(cosine, schedule="constant")
     for s in (cosine, constant):
-        assert [lr_factor(s, k) for k in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
-    decay = [lr_factor(cosine, k) for k in range(10, 111)]
+        assert [lr_at(k, **s) for k in (1, 5, 10)] == pytest.approx([0.1, 0.5, 1.0])
+    decay = [lr_at(k, **cosine) for k in range(10, 111)]
     assert decay[0] == pytest.approx(1.0) and decay[-1] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
-    assert all(lr_factor(constant, k) == 1.0 for k in range(10, 500))
+    assert all(lr_at(k, **constant) == 1.0 for k in range(10, 500))
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        lr_at(1, schedule="linear", **{k: v for k, v in cosine.items()})
+
+
+def test_the_task_loop_steps_with_the_shared_schedule():
+    model = build_model("s4d", 8, d_model=16, n_layer=1, d_state=4, seed=0)
+    seen = []
+    settings = TrainSettings(steps=6, batch_size=2, lr=1e-2, warmup_steps=2, lr_schedule="cosine")
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = recording_step
+    try:
+        train(model, AlwaysZero(), settings)
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert seen == pytest.approx([lr_at(k, 1e-2, 2, 6, 0.1) for k in range(1, 7)])
 
 
 @pytest.mark.parametrize(
