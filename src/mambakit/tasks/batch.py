@@ -47,13 +47,6 @@ def make_generator(seed_or_generator: int | torch.Generator | None) -> torch.Gen
     return gen
 
 
-def check_int(name: str, value: object, minimum: int) -> int:
-    """Raise ConfigError naming ``name`` unless ``value`` is an int >= minimum."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def random_positions(batch: int, length: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` distinct positions in [0, length) per row, sorted ascending: (batch, count) long.
 

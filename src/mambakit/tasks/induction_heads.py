@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .batch import IGNORE_INDEX, TaskBatch, check_int, make_generator
+from .._checks import check_int
+from .batch import IGNORE_INDEX, TaskBatch, make_generator
 
 
 @dataclass(frozen=True)

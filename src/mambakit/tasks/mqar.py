@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import check_int
 from ..errors import ConfigError
-from .batch import IGNORE_INDEX, TaskBatch, check_int, make_generator, random_positions
+from .batch import IGNORE_INDEX, TaskBatch, make_generator, random_positions
 
 BLANK = 0
 
