@@ -25,11 +25,10 @@ from .._checks import check_input_ids, check_int, check_same_device, compute_dty
 from ..errors import ConfigError
 from ..layers import RMSNorm, RMSNormGated
 from . import generation, pretrained
+from .cache import InferenceCache
 from .config import MambaConfig
 from .mixers import build_mixer
 from .sampling import SamplingOptions
-
-InferenceCache = list  # one mixer state dict per layer, made by MambaLMHeadModel.allocate_inference_cache
 
 
 class ResidualBlock(nn.Module):
@@ -134,12 +133,15 @@ class MambaLMHeadModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------- forward
     def _check_cache(self, state: object, batch: int) -> None:
-        if not isinstance(state, list) or len(state) != self.config.n_layer:
-            got = f"a list of {len(state)}" if isinstance(state, list) else type(state).__name__
+        if not isinstance(state, InferenceCache) or len(state) != self.config.n_layer:
+            got = f"one of {len(state)} layers" if isinstance(state, InferenceCache) else type(state).__name__
             raise ConfigError(
-                f"state: expected a list of {self.config.n_layer} per-layer state dicts "
+                f"state: expected an InferenceCache of {self.config.n_layer} layers "
                 f"(allocate_inference_cache), got {got}"
             )
+        if state.batch_size != batch:
+            raise ConfigError(f"state: expected a cache of {batch} rows (the batch of input_ids), "
+                              f"got {state.batch_size}")
 
     def forward(
         self, input_ids: torch.Tensor, state: InferenceCache | None = None, num_last_tokens: int = 0
@@ -163,14 +165,15 @@ class MambaLMHeadModel(nn.Module):
         return self.lm_head(hidden)
 
     def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
-        """A zero recurrent state for every layer: a list of per-layer mixer state dicts (for Mamba,
-        conv_state (batch, d_inner, d_conv) and ssm_state (batch, d_inner, d_state); for Mamba-2,
-        conv_state (batch, conv_dim, d_conv) and ssm_state (batch, heads, headdim, d_state))."""
+        """A zero recurrent state for every layer, as an :class:`~mambakit.models.cache.InferenceCache`
+        (``cache[i]`` is layer i's state dict: for Mamba, conv_state (batch, d_inner, d_conv) and ssm_state
+        (batch, d_inner, d_state); for Mamba-2, conv_state (batch, conv_dim, d_conv) and ssm_state
+        (batch, heads, headdim, d_state))."""
         check_int("batch_size", batch_size)
-        return [
+        return InferenceCache([
             layer.mixer.allocate_state(batch_size, device=device, dtype=dtype)
             for layer in self.backbone.layers
-        ]
+        ])
 
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """One token per row: input_ids (batch,) -> logits (batch, vocab_size_padded); O(1) work per token."""
