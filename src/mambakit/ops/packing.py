@@ -44,6 +44,12 @@ def sequence_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     return starts
 
 
+def sequence_start_index(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(batch, L) int64: for each position, the position where its sequence starts (0 for the first)."""
+    positions = torch.arange(seq_idx.shape[1], device=seq_idx.device).expand(seq_idx.shape)
+    return torch.where(sequence_starts(seq_idx), positions, 0).cummax(dim=1).values
+
+
 def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, length: int | None = None) -> torch.Tensor:
     """(1, L) int32 ids 0..n-1 for ``cu_seqlens`` (n + 1,) = [0, l_0, l_0 + l_1, ..., L].
 

@@ -24,6 +24,8 @@ def causal_conv1d(
     bias: torch.Tensor | None = None,
     activation: str | None = None,
     backend: str = "auto",
+    *,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal depthwise convolution, choosing its implementation; same results as :func:`causal_conv1d_ref`.
 
@@ -32,6 +34,7 @@ def causal_conv1d(
             "swish".
         backend: ``"auto"`` (the fused numba kernel for CPU tensors, else the reference), ``"cpu"`` or
             ``"ref"``.
+        seq_idx: optional (batch, L) integer ids of packed sequences (no tap crosses into another).
 
     Returns:
         (batch, dim, L) in x's dtype.
@@ -46,5 +49,5 @@ def causal_conv1d(
     if backend == "cpu":
         from .cpu import causal_conv1d_cpu  # numba loads only when the fused kernel is used
 
-        return causal_conv1d_cpu(x, weight, bias, activation)
-    return causal_conv1d_ref(x, weight, bias, activation)
+        return causal_conv1d_cpu(x, weight, bias, activation, seq_idx=seq_idx)
+    return causal_conv1d_ref(x, weight, bias, activation, seq_idx=seq_idx)
