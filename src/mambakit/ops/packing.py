@@ -89,3 +89,36 @@ def seq_idx_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
         raise ConfigError("attention_mask: expected left padding (each row zeros then ones, ending on a "
                           "token); pad prompts on the left for generation")
     return mask
+
+
+def resolve_seq_idx(
+    input_ids: torch.Tensor,
+    *,
+    seq_idx: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The one packing argument of a model's forward that is given, as seq_idx (batch, L) for
+    ``input_ids`` (batch, L); None when none is. Giving two is a ConfigError."""
+    given = sorted(name for name, value in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens),
+                                            ("position_ids", position_ids),
+                                            ("attention_mask", attention_mask)) if value is not None)
+    if len(given) > 1:
+        raise ConfigError(f"forward: expected at most one of seq_idx, cu_seqlens, position_ids and "
+                          f"attention_mask, got {given}")
+    batch, length = input_ids.shape
+    if cu_seqlens is not None:
+        if batch != 1:
+            raise ConfigError(f"cu_seqlens: packs sequences into one row; expected input_ids of batch 1, "
+                              f"got {batch}")
+        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, length)
+    elif position_ids is not None:
+        seq_idx = seq_idx_from_position_ids(position_ids)
+        check_shape("position_ids", position_ids, (batch, length), "that of input_ids")
+    elif attention_mask is not None:
+        seq_idx = seq_idx_from_attention_mask(attention_mask)
+        check_shape("attention_mask", attention_mask, (batch, length), "that of input_ids")
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, batch, length, device=input_ids.device)
+    return seq_idx
