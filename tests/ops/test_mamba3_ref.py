@@ -40,7 +40,8 @@ def _rotated(X, bias, theta, pairwise):
 
 def _oracle(args, kwargs, pairwise):
     """Mamba-3 from Mamba-2 SSD scans: H_t = α H + Σ_r [λΔ v_{t,r} k_{t,r}ᵀ + (1-λ)Δα v_{t-1,r} k_{t-1,r}ᵀ],
-    so y_{t,R} = Σ_r SSD(λ v_r, k_r, q_R) + SSD((1-λ)α shift(v_r), shift(k_r), q_R), all with decay exp(AΔ)."""
+    so y_{t,R} = Σ_r SSD(λ v_r, k_r, q_R) + SSD((1-λ)α shift(v_r), shift(k_r), q_R), all with decay
+    exp(AΔ)."""
     x, dt, A, B, C, trap, angles, B_bias, C_bias = args
     heads = x.shape[2]
     mimo_x, mimo_z, mimo_o = kwargs.get("mimo_x"), kwargs.get("mimo_z"), kwargs.get("mimo_o")

@@ -1,6 +1,7 @@
-"""Operations: the selective scan (Mamba), the SSD scan (Mamba-2), Mamba-3's scan and the causal convolution, one package
-each with its plain reference (``ref``) beside its faster forms; ``cpu`` holds what their numba kernels
-share. Each operation picks its implementation with one ``backend=`` keyword ("auto" or a name)."""
+"""Operations: the selective scan (Mamba), the SSD scan (Mamba-2), Mamba-3's scan and the causal
+convolution, one package each with its plain reference (``ref``) beside its faster forms; ``cpu`` holds
+what their numba kernels share. Each operation picks its implementation with one ``backend=`` keyword
+("auto" or a name)."""
 
 from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
 from .mamba3 import mamba3, mamba3_chunked, mamba3_ref, mamba3_step

@@ -30,7 +30,6 @@ from .common import (
     Mamba3State,
     angle_increment,
     check_mamba3_args,
-    check_state,
     finish,
     keys_queries,
     resolve_pairing,
@@ -38,7 +37,7 @@ from .common import (
     values,
     wrap_angle,
 )
-from .ref import zero_state
+from .ref import empty_output, start_state
 
 
 def _segmented_cumsum(inc: torch.Tensor, theta0: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
@@ -87,12 +86,9 @@ def mamba3_chunked(
     pairwise = resolve_pairing(rotate_pairwise, mimo)
     dtype = compute_dtype(x)
     b, length, h, p, R = dims.batch, dims.length, dims.heads, dims.headdim, dims.rank
-    state = zero_state(dims, x, dtype)
-    if initial_state is not None:
-        state = Mamba3State(*(s.to(dtype) for s in check_state("initial_state", initial_state, dims)))
+    state = start_state(dims, x, initial_state, dtype)
     if length == 0:
-        shape = (b, 0, R) if mimo and mimo_o is None else (b, 0)
-        out = x.new_zeros(*shape, h, p)
+        out = empty_output(dims, x, mimo and mimo_o is None)
         return (out, state) if return_final_state else out
 
     delta, a = dt.to(dtype), A.to(dtype) * dt.to(dtype)            # (b, L, h): Δ and the log-decays AΔ

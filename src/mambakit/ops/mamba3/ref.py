@@ -26,8 +26,23 @@ from .common import (
 def zero_state(dims: Mamba3Dims, like: torch.Tensor, dtype: torch.dtype) -> Mamba3State:
     """The state before any input: zero angles, state, previous keys and values."""
     b, h, p, r, n = dims.batch, dims.heads, dims.headdim, dims.rank, dims.state
-    return Mamba3State(like.new_zeros(b, h, dims.angles, dtype=dtype), like.new_zeros(b, h, p, n, dtype=dtype),
+    return Mamba3State(like.new_zeros(b, h, dims.angles, dtype=dtype),
+                       like.new_zeros(b, h, p, n, dtype=dtype),
                        like.new_zeros(b, r, h, n, dtype=dtype), like.new_zeros(b, h, p, dtype=dtype))
+
+
+def start_state(dims: Mamba3Dims, x: torch.Tensor, initial_state: Mamba3State | None,
+                dtype: torch.dtype) -> Mamba3State:
+    """The checked ``initial_state`` in the compute dtype, or the zero state."""
+    if initial_state is None:
+        return zero_state(dims, x, dtype)
+    return Mamba3State(*(s.to(dtype) for s in check_state("initial_state", initial_state, dims)))
+
+
+def empty_output(dims: Mamba3Dims, x: torch.Tensor, per_rank: bool) -> torch.Tensor:
+    """The output of a length-0 call: (batch, 0, [rank,] heads, p)."""
+    lead = (dims.batch, 0, dims.rank) if per_rank else (dims.batch, 0)
+    return x.new_zeros(*lead, dims.heads, dims.headdim)
 
 
 def _advance(state: Mamba3State, x, dt, A, B, C, trap, angles, B_bias, C_bias, mimo_x, pairwise, dtype):
@@ -99,9 +114,7 @@ def mamba3_ref(
     mimo = mimo_x is not None
     pairwise = resolve_pairing(rotate_pairwise, mimo)
     dtype = compute_dtype(x)
-    state = zero_state(dims, x, dtype)
-    if initial_state is not None:
-        state = Mamba3State(*(s.to(dtype) for s in check_state("initial_state", initial_state, dims)))
+    state = start_state(dims, x, initial_state, dtype)
     ys = []
     for t in range(dims.length):
         if seq_idx is not None and t > 0:
@@ -110,11 +123,7 @@ def mamba3_ref(
         y, v, state = _advance(state, x[:, t], dt[:, t], A[:, t], B[:, t], C[:, t], trap[:, t], angles[:, t],
                                B_bias, C_bias, mimo_x, pairwise, dtype)
         ys.append(finish(y, v, D, z[:, t] if z is not None else None, mimo_z, mimo_o, mimo))
-    if ys:
-        out = torch.stack(ys, dim=1).to(x.dtype)
-    else:
-        shape = (dims.batch, 0, dims.rank) if mimo and mimo_o is None else (dims.batch, 0)
-        out = x.new_zeros(*shape, dims.heads, dims.headdim)
+    out = torch.stack(ys, dim=1).to(x.dtype) if ys else empty_output(dims, x, mimo and mimo_o is None)
     return (out, state) if return_final_state else out
 
 
