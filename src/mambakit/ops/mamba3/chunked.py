@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from ..._checks import check_int, compute_dtype
-from ..ssd.ref import segment_sum
 from .common import (
     Mamba3State,
     angle_increment,
     check_mamba3_args,
     finish,
-    keys_queries,
     resolve_pairing,
+    rotate,
     trapezoid_weights,
     values,
     wrap_angle,
@@ -93,67 +92,79 @@ def mamba3_chunked(
 
     delta, a = dt.to(dtype), A.to(dtype) * dt.to(dtype)            # (b, L, h): Δ and the log-decays AΔ
     theta = wrap_angle(_segmented_cumsum(angle_increment(angles.to(dtype), delta), state.angle, seq_idx))
-    k, q = keys_queries(B, C, B_bias, C_bias, theta, h, pairwise, dtype)   # (b, L, R, h, N)
-    xf = x.to(dtype)
-    v = values(xf, mimo_x)                                          # (b, L, R, h, p)
     gamma, before = trapezoid_weights(delta, trap.to(dtype))
     nxt = F.pad(before[:, 1:], (0, 0, 0, 1))                        # (1 - λ_{t+1})Δ_{t+1}
     if seq_idx is not None:
         nxt = nxt * F.pad(seq_idx[:, 1:] == seq_idx[:, :-1], (0, 1)).to(dtype)[..., None]
     w = gamma + nxt
 
+    # Head-major from here on: keys, queries, values (b, h, L, R, d), written once in that layout.
+    th = theta.transpose(1, 2).unsqueeze(3)                           # (b, h, L, 1, m)
+
+    def head_major(X, bias):                                          # (b, L, R, g, N) -> (b, h, L, R, N)
+        X = X.to(dtype).permute(0, 3, 1, 2, 4).repeat_interleave(h // dims.groups, dim=1)
+        return rotate(X + bias.to(dtype)[:, None], th, pairwise)
+
+    k, q = head_major(B, B_bias), head_major(C, C_bias)
+    xf = x.to(dtype)
+    v = xf.transpose(1, 2).unsqueeze(3)                              # (b, h, L, R, p): x · mimo_x per rank
+    v = v * mimo_x.to(dtype)[:, None] if mimo else v
+
     # Pad to whole chunks: padded positions have no decay and no input.
     T = min(chunk_size, length)
     pad = -length % T
     nc = (length + pad) // T
 
-    def chunks(t: torch.Tensor) -> torch.Tensor:    # (b, L, h, ...) -> (b, h, nc, T, ...)
-        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
-        return t.reshape(b, nc, T, *t.shape[2:]).movedim(3, 1)
+    def chunks(t: torch.Tensor) -> torch.Tensor:    # (b, h, L, ...) -> (b, h, nc, T·..., ...)
+        t = F.pad(t, (0, 0) * (t.dim() - 3) + (0, pad)) if pad else t
+        return t.reshape(b, h, nc, T * (t.shape[3] if t.dim() > 4 else 1), t.shape[-1])
 
-    def rank_chunks(t: torch.Tensor) -> torch.Tensor:   # (b, L, R, h, d) -> (b, h, nc, T·R, d)
-        return chunks(t.movedim(2, 3)).flatten(3, 4)
-
-    kc, qc, vc = rank_chunks(k), rank_chunks(q), rank_chunks(v)
-    ac, wc, gc = chunks(a), chunks(w), chunks(gamma)                 # (b, h, nc, T)
-    log_L = segment_sum(ac)                                          # (b, h, nc, T, T) [t, s]
+    kc, qc, vc = chunks(k), chunks(q), chunks(v)                     # (b, h, nc, T·R, d)
+    ac, wc, gc = (F.pad(t.transpose(1, 2), (0, pad)).reshape(b, h, nc, T) for t in (a, w, gamma))
     from_start = ac.cumsum(-1)                                       # c_t
+    log_L = from_start[..., :, None] - from_start[..., None, :]      # (b, h, nc, T, T) [t, s]: c_t - c_s
     to_end = log_L[..., -1, :]                                       # c_end - c_s
     chunk_decay = from_start[..., -1]
+    below = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
     if seq_idx is not None:   # no decay reaches across a change of sequence; padding continues the last one
         seq = F.pad(seq_idx, (0, pad), value=0)
         if pad:
             seq[:, length:] = seq_idx[:, -1:]
         seq = seq.view(b, 1, nc, T)
         seq_start = torch.cat([seq[:, :, :1, 0], seq[:, :, :-1, -1]], dim=2)
-        log_L = log_L.masked_fill(seq[..., :, None] != seq[..., None, :], float("-inf"))
+        below = below & (seq[..., :, None] == seq[..., None, :])
         to_end = to_end.masked_fill(seq != seq[..., -1:], float("-inf"))
         from_start = from_start.masked_fill(seq != seq_start[..., None], float("-inf"))
         chunk_decay = chunk_decay.masked_fill(seq[..., -1] != seq_start, float("-inf"))
-    eye = torch.eye(T, dtype=torch.bool, device=x.device)
-    W = torch.where(eye, torch.diag_embed(gc), torch.exp(log_L) * wc[..., None, :])   # (b, h, nc, T, T)
+    W = torch.exp(log_L.masked_fill(~below, float("-inf"))) * wc[..., None, :]   # (b, h, nc, T, T)
+    W.diagonal(dim1=-2, dim2=-1).copy_(gc)                           # s = t: the correction leaves λ_tΔ_t
 
     # 1. Inside each chunk: every rank pair of positions t, s weighted by W[t, s].
-    scores = (qc @ kc.transpose(-1, -2)).unflatten(-1, (T, R)).unflatten(-3, (T, R))  # [t, R, s, r]
-    scores = (scores * W[..., :, None, :, None]).flatten(-2).flatten(-3, -2)
+    scores = qc @ kc.transpose(-1, -2)                               # (b, h, nc, T·R, T·R) [(t, R), (s, r)]
+    if R == 1:
+        scores = scores * W
+    else:
+        scores = (scores.unflatten(-1, (T, R)).unflatten(-3, (T, R)) * W[..., :, None, :, None])
+        scores = scores.flatten(-2).flatten(-3, -2)
     y = scores @ vc                                                  # (b, h, nc, T·R, p)
     # 2. Each chunk's contribution to the state it passes on.
-    reach = (torch.exp(to_end) * wc).repeat_interleave(R, dim=-1)    # (b, h, nc, T·R)
+    reach = torch.exp(to_end) * wc                                   # (b, h, nc, T)
+    reach = reach if R == 1 else reach.repeat_interleave(R, dim=-1)
     increments = (vc * reach[..., None]).transpose(-1, -2) @ kc      # (b, h, nc, p, N)
     # 3. The recurrence over chunks, from S_{-1} = H_{-1} + (1 - λ_0)Δ_0 Σ_r v_{-1,r} k_{-1,r}ᵀ.
     S = state.ssm + before[:, 0, :, None, None] * torch.einsum(
         "brhp,brhn->bhpn", values(state.v, mimo_x), state.k)
-    decays = torch.exp(chunk_decay)
     starts = []
-    for c in range(nc):
-        starts.append(S)
-        S = decays[:, :, c, None, None] * S + increments[:, :, c]
+    for decay, increment in zip(torch.exp(chunk_decay).unbind(2), increments.unbind(2), strict=True):
+        starts.append(S)                                             # (unbind: one backward for all chunks)
+        S = decay[..., None, None] * S + increment
     # 4. Each chunk's output from the state it starts with.
-    reach_in = torch.exp(from_start).repeat_interleave(R, dim=-1)    # (b, h, nc, T·R)
+    reach_in = torch.exp(from_start)                                 # (b, h, nc, T)
+    reach_in = reach_in if R == 1 else reach_in.repeat_interleave(R, dim=-1)
     y = y + (qc * reach_in[..., None]) @ torch.stack(starts, dim=2).transpose(-1, -2)
-    y = y.unflatten(3, (T, R)).movedim(1, 4).reshape(b, nc * T, R, h, p)[:, :length]
+    y = y.view(b, h, nc * T, R, p)[:, :, :length].permute(0, 2, 3, 1, 4)   # (b, L, R, h, p)
 
-    out = finish(y, v, D, z, mimo_z, mimo_o, mimo).to(x.dtype)
+    out = finish(y, values(xf, mimo_x), D, z, mimo_z, mimo_o, mimo).to(x.dtype)
     if not return_final_state:
         return out
-    return out, Mamba3State(theta[:, -1], S, k[:, -1], xf[:, -1])
+    return out, Mamba3State(theta[:, -1], S, k[:, :, -1].transpose(1, 2), xf[:, -1])
