@@ -16,6 +16,9 @@ def _model(kind: str) -> MambaLMHeadModel:
     elif kind == "mamba2":
         config = MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=8, mixer="mamba2",
                              mixer_cfg={"headdim": 4, "ngroups": 2, "chunk_size": 4})
+    elif kind == "mamba3":
+        config = MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=8, mixer="mamba3",
+                             mixer_cfg={"headdim": 8, "chunk_size": 4, "is_mimo": True, "mimo_rank": 2})
     else:
         config = MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, mixer="attention",
                              mixer_cfg={"n_heads": 2})
@@ -35,8 +38,9 @@ def _last_logits(model, ids: torch.Tensor) -> torch.Tensor:
     return model(ids)[:, -1]
 
 
-KINDS = ["mamba", "mamba2", "attention"]
-CONTINUING = ["mamba", "mamba2"]  # their forward continues a filled cache (attention's forward starts one)
+KINDS = ["mamba", "mamba2", "mamba3", "attention"]
+# their forward continues a filled cache (attention's forward starts one)
+CONTINUING = ["mamba", "mamba2", "mamba3"]
 
 
 @pytest.mark.parametrize("kind", CONTINUING)
@@ -101,7 +105,7 @@ def test_speculative_rollback_restores_the_saved_state(kind):
     assert torch.allclose(got, _last_logits(model, torch.cat([prompt, accepted[:, None]], 1)), atol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+@pytest.mark.parametrize("kind", CONTINUING)
 def test_slot_pool_select_and_write_back(kind):
     """A pool of 4 slots; two requests prefilled alone, written into slots 3 and 1, stepped together."""
     model = _model(kind)

@@ -11,12 +11,16 @@ from mambakit.errors import ConfigError, ShapeError
 from mambakit.layers import Mamba2Block, MambaBlock
 
 VOCAB = 31
-KINDS = ["mamba", "mamba2"]
+KINDS = ["mamba", "mamba2", "mamba3", "mamba3-mimo"]
 
 
 def _model(kind: str, dtype=torch.float32) -> MambaLMHeadModel:
     if kind == "mamba":
         config = MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=4)
+    elif kind.startswith("mamba3"):
+        config = MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=8, mixer="mamba3",
+                             mixer_cfg={"headdim": 8, "chunk_size": 4, "is_mimo": kind.endswith("mimo"),
+                                        "mimo_rank": 2})
     else:
         config = MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=8, mixer="mamba2",
                              mixer_cfg={"headdim": 4, "ngroups": 2, "chunk_size": 4})

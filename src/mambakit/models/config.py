@@ -12,6 +12,9 @@ configs of the same model compare equal. The shared options (d_state, d_conv, ex
 dt_init_floor, conv_bias, bias) are the fields. ``d_state`` defaults to the official value of the layer kind:
 16 for Mamba-1 (and the other mixers), 128 for Mamba-2.
 
+Mamba-3 (``mixer="mamba3"``): likewise, its own options in ``mixer_cfg`` under the official names
+(:data:`~mambakit.models.mamba3_options.MAMBA3_DEFAULTS`, in :mod:`.mamba3_options`); d_state defaults to 128.
+
 Padded vocabulary: mambakit (like the official model) pads the embedding and the head to a multiple of
 ``pad_vocab_size_multiple`` rows, while ``vocab_size`` stays the real vocabulary.
 """
@@ -25,6 +28,7 @@ from typing import Any
 
 from .._checks import check_int, check_mapping
 from ..errors import ConfigError
+from .mamba3_options import validate_mamba3_options, with_mamba3_defaults
 
 #: Options of the Mamba-2 block held in ``MambaConfig.mixer_cfg`` when ``mixer == "mamba2"``, with the
 #: official (``mamba_ssm`` ``Mamba2``) defaults. ``norm_eps`` is the gated output norm's epsilon (hard-coded
@@ -43,7 +47,8 @@ MAMBA2_DEFAULTS: dict[str, Any] = {
 }
 #: The Mamba-2 options that are (low, high) pairs (JSON stores them as lists).
 MAMBA2_PAIRS = ("A_init_range", "dt_limit")
-_DEFAULT_D_STATE = {"mamba": 16, "mamba2": 128}  # the official defaults; other mixers take Mamba-1's
+# the official defaults; other mixers take Mamba-1's
+_DEFAULT_D_STATE = {"mamba": 16, "mamba2": 128, "mamba3": 128}
 REQUIRED_FIELDS = ("d_model", "n_layer", "vocab_size")
 #: The block options Mamba and Mamba-2 both take, which are fields of MambaConfig (and keys of the
 #: state-spaces ``ssm_cfg``).
@@ -116,6 +121,8 @@ class MambaConfig:
             self.d_state = _DEFAULT_D_STATE.get(self.mixer, 16) if isinstance(self.mixer, str) else 16
         if self.mixer == "mamba2" and isinstance(self.mixer_cfg, dict):
             self.mixer_cfg = _with_mamba2_defaults(self.mixer_cfg)
+        if self.mixer == "mamba3" and isinstance(self.mixer_cfg, dict):
+            self.mixer_cfg = with_mamba3_defaults(self.mixer_cfg)
         self.validate()
 
     # ----------------------------------------------------------------------------------------------- checks
@@ -154,6 +161,8 @@ class MambaConfig:
             if self.dt_rank != "auto":
                 fail("dt_rank", "'auto' for mixer 'mamba2' (Mamba-2 has no Δ projection whose rank to set)")
             self._validate_mamba2_options()
+        if self.mixer == "mamba3":
+            validate_mamba3_options(self)
 
     def _validate_mamba2_options(self) -> None:
         unknown = sorted(set(self.mixer_cfg) - set(MAMBA2_DEFAULTS))

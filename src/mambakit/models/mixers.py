@@ -18,8 +18,10 @@ from ..layers.attention import CausalSelfAttention
 from ..layers.lru import LRU
 from ..layers.mamba import MambaBlock
 from ..layers.mamba2 import Mamba2Block
+from ..layers.mamba3 import Mamba3Block
 from ..layers.s4 import S4
 from ..layers.s4d import S4D
+from .mamba3_options import mamba3_block_options
 
 if TYPE_CHECKING:
     from .config import MambaConfig
@@ -38,9 +40,16 @@ def _build_mamba2(config: MambaConfig, layer_idx: int, device=None, dtype=None) 
                        layer_idx=layer_idx, device=device, dtype=dtype)
 
 
+def _build_mamba3(config: MambaConfig, layer_idx: int, device=None, dtype=None) -> nn.Module:
+    """The Mamba-3 block: d_state, expand, dt_min/max/init_floor from the fields, the rest from mixer_cfg."""
+    return Mamba3Block(config.d_model, **mamba3_block_options(config), layer_idx=layer_idx, device=device,
+                       dtype=dtype)
+
+
 _MIXERS: dict[str, MixerFactory] = {
     "mamba": _build_mamba,
     "mamba2": _build_mamba2,
+    "mamba3": _build_mamba3,
     "s4d": S4D.from_config,
     "s4": S4.from_config,
     "lru": LRU.from_config,

@@ -67,10 +67,11 @@ def _list(names) -> str:
 
 
 def _weights_kind(tensors: dict[str, torch.Tensor]) -> tuple[str, str] | None:
-    """Which Mamba block the mixer weights belong to, from names and shapes: ("mamba" | "mamba2", a
+    """Which Mamba block the mixer weights belong to, from names and shapes: ("mamba" | "mamba2" | "mamba3", a
     description of the weight that shows it), or None when they show neither (another mixer, no layers)."""
     mixer = {name: t for name, t in tensors.items() if ".mixer." in name}
-    for leaf, kind in (("x_proj.weight", "mamba"), ("dt_proj.weight", "mamba"), ("dt_bias", "mamba2")):
+    for leaf, kind in (("x_proj.weight", "mamba"), ("dt_proj.weight", "mamba"), ("B_bias", "mamba3"),
+                       ("dt_bias", "mamba2")):
         for name in sorted(mixer):
             if name.endswith(".mixer." + leaf):
                 return kind, repr(name)
@@ -86,12 +87,12 @@ def check_mixer_kind(
 ) -> None:
     """Raise :class:`CheckpointError` if the weights are Mamba-1 while ``config`` says Mamba-2, or the
     reverse; ``field`` names the config entry that chose the kind (e.g. "config.model_type")."""
-    if config.mixer not in ("mamba", "mamba2"):
+    if config.mixer not in ("mamba", "mamba2", "mamba3"):
         return
     found = _weights_kind(tensors)
     if found is None or found[0] == config.mixer:
         return
-    names = {"mamba": "Mamba-1", "mamba2": "Mamba-2"}
+    names = {"mamba": "Mamba-1", "mamba2": "Mamba-2", "mamba3": "Mamba-3"}
     raise CheckpointError(
         f"{source}: {field} makes this a {names[config.mixer]} model, but the weights are a "
         f"{names[found[0]]} checkpoint (e.g. {found[1]}); expected {names[config.mixer]} weights "

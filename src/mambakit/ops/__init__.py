@@ -1,8 +1,10 @@
-"""Operations: the selective scan (Mamba), the SSD scan (Mamba-2) and the causal convolution, one package
-each with its plain reference (``ref``) beside its faster forms; ``cpu`` holds what their numba kernels
-share. Each operation picks its implementation with one ``backend=`` keyword ("auto" or a name)."""
+"""Operations: the selective scan (Mamba), the SSD scan (Mamba-2), Mamba-3's scan and the causal
+convolution, one package each with its plain reference (``ref``) beside its faster forms; ``cpu`` holds
+what their numba kernels share. Each operation picks its implementation with one ``backend=`` keyword
+("auto" or a name)."""
 
 from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_with_state
+from .mamba3 import mamba3, mamba3_chunked, mamba3_ref, mamba3_step
 from .packing import seq_idx_from_attention_mask, seq_idx_from_cu_seqlens, seq_idx_from_position_ids
 from .selective_scan import available_backends, selective_scan, selective_scan_ref, selective_state_update
 from .ssd import (
@@ -21,6 +23,10 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "causal_conv1d_with_state",
+    "mamba3",
+    "mamba3_chunked",
+    "mamba3_ref",
+    "mamba3_step",
     "mamba_chunk_scan_combined",
     "selective_scan",
     "selective_scan_ref",

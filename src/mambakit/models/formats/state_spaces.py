@@ -3,7 +3,8 @@ and its weight names, both directions.
 
 config.json: top-level d_model, n_layer, vocab_size, rms_norm, residual_in_fp32, fused_add_norm,
 pad_vocab_size_multiple, tie_embeddings, with the block's own hyper-parameters under ``ssm_cfg``; Mamba-2 is
-``ssm_cfg: {"layer": "Mamba2", ...}`` with the options as ``mamba_ssm``'s ``Mamba2`` names them. Keys the
+``ssm_cfg: {"layer": "Mamba2", ...}`` with the options as ``mamba_ssm``'s ``Mamba2`` names them, Mamba-3
+``ssm_cfg: {"layer": "Mamba3", ...}`` with ``Mamba3``'s. Keys the
 official code does not know (mixer, mixer_cfg, norm_epsilon) are written only when they differ from its
 behaviour. Unknown keys are refused: the format is small and every key of it changes the model.
 
@@ -22,6 +23,7 @@ import torch
 from ..._checks import check_mapping
 from ...errors import ConfigError
 from ..config import MAMBA2_DEFAULTS, MAMBA2_PAIRS, REQUIRED_FIELDS, SHARED_BLOCK_FIELDS, MambaConfig
+from ..mamba3_options import MAMBA3_DEFAULTS, MAMBA3_FIELDS, with_mamba3_defaults
 
 EMBEDDING = "backbone.embedding.weight"
 HEAD = "lm_head.weight"
@@ -29,10 +31,13 @@ HEAD = "lm_head.weight"
 _SSM_CFG_MAMBA1_KEYS = frozenset("dt_rank dt_init dt_scale use_fast_path".split())
 # mamba_ssm Mamba2's constructor options (conv_init and use_mem_eff_path steer initialisation or the kernel)
 _SSM_CFG_MAMBA2_KEYS = frozenset(MAMBA2_DEFAULTS) - {"norm_eps"} | {"conv_init", "use_mem_eff_path"}
+# mamba_ssm Mamba3's options besides the shared fields (the last two steer the kernel or are absorbed)
+_SSM_CFG_MAMBA3_KEYS = frozenset(MAMBA3_DEFAULTS) | {"fuse_pregate_headwise_norm", "dropout"}
 _SSM_CFG_KEYS = (
     frozenset("d_state d_conv expand dt_min dt_max dt_init_floor conv_bias bias layer".split())
     | _SSM_CFG_MAMBA1_KEYS
     | _SSM_CFG_MAMBA2_KEYS
+    | _SSM_CFG_MAMBA3_KEYS
 )
 _STATE_SPACES_KEYS = frozenset(
     "d_model d_intermediate n_layer vocab_size ssm_cfg attn_layer_idx attn_cfg rms_norm residual_in_fp32 "
@@ -46,7 +51,10 @@ def config_to_state_spaces(config: MambaConfig) -> dict[str, Any]:
     ssm_cfg: dict[str, Any] = config.shared_block_options
     # Keys the official code does not know are written only when they differ from its behaviour.
     extra: dict[str, Any] = {}
-    if config.mixer == "mamba2":
+    if config.mixer == "mamba3":
+        ssm_cfg = {"layer": "Mamba3", **{k: getattr(config, k) for k in MAMBA3_FIELDS},
+                   **with_mamba3_defaults(config.mixer_cfg)}
+    elif config.mixer == "mamba2":
         options = config.mamba2_options
         norm_eps = options.pop("norm_eps")  # mamba_ssm hard-codes 1e-5: any other value is a mambakit key
         ssm_cfg.update({k: list(v) if k in MAMBA2_PAIRS else v for k, v in options.items()})
@@ -110,8 +118,10 @@ def config_from_state_spaces(d: dict[str, Any]) -> MambaConfig:
             f"config.ssm_cfg: unknown key(s) {unknown}; expected a subset of {sorted(_SSM_CFG_KEYS)}"
         )
     layer = ssm_cfg.get("layer", "Mamba1")
-    if layer not in ("Mamba1", "Mamba2"):
-        raise ConfigError(f"config.ssm_cfg.layer: expected 'Mamba1' or 'Mamba2', got {layer!r}")
+    if layer not in ("Mamba1", "Mamba2", "Mamba3"):
+        raise ConfigError(f"config.ssm_cfg.layer: expected 'Mamba1', 'Mamba2' or 'Mamba3', got {layer!r}")
+    if layer == "Mamba3" or d.get("mixer") == "mamba3":
+        return _mamba3_config_from_state_spaces(d, ssm_cfg, layer)
     mixer = d.get("mixer", "mamba2" if layer == "Mamba2" else "mamba")
     if layer == "Mamba2" and mixer != "mamba2":
         raise ConfigError(
@@ -167,6 +177,25 @@ def config_from_state_spaces(d: dict[str, Any]) -> MambaConfig:
             **extra,
         }
     return MambaConfig(**kwargs)
+
+
+def _mamba3_config_from_state_spaces(d: dict[str, Any], ssm_cfg: dict[str, Any], layer: str) -> MambaConfig:
+    """The Mamba-3 part of :func:`config_from_state_spaces` (``ssm_cfg.layer == "Mamba3"``)."""
+    if layer != "Mamba3" or d.get("mixer", "mamba3") != "mamba3":
+        raise ConfigError(f"config.mixer: expected 'mamba3' (or no 'mixer' key) with ssm_cfg.layer 'Mamba3', "
+                          f"got mixer {d.get('mixer')!r} with layer {layer!r}")
+    foreign = sorted(set(ssm_cfg) - _SSM_CFG_MAMBA3_KEYS - set(MAMBA3_FIELDS) - {"layer"})
+    if foreign:
+        raise ConfigError(f"config.ssm_cfg: key(s) {foreign} are not Mamba3 options "
+                          f"(ssm_cfg.layer 'Mamba3')")
+    kwargs: dict[str, Any] = {k: d[k] for k in (*REQUIRED_FIELDS, "rms_norm", "residual_in_fp32",
+                                               "pad_vocab_size_multiple", "tie_embeddings", "norm_epsilon")
+                              if k in d}
+    kwargs.update({k: ssm_cfg[k] for k in MAMBA3_FIELDS if k in ssm_cfg})
+    extra = d.get("mixer_cfg", {})
+    check_mapping("config.mixer_cfg", extra)
+    kwargs["mixer_cfg"] = {**{k: ssm_cfg[k] for k in MAMBA3_DEFAULTS if k in ssm_cfg}, **extra}
+    return MambaConfig(mixer="mamba3", **kwargs)
 
 
 def weights_to_state_spaces(tensors: dict[str, torch.Tensor], config: MambaConfig) -> dict[str, torch.Tensor]:
