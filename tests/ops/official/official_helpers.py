@@ -71,3 +71,13 @@ def max_errors(got: tuple[list, dict], want: tuple[list, dict]) -> tuple[float, 
     out = errs(zip(got[0], want[0], strict=True))
     grads = errs((got[1][k], want[1][k]) for k in want[1])
     return (*out, *grads)
+
+
+def module_grads(module: torch.nn.Module, fn: Callable[[], torch.Tensor],
+                 cot: torch.Tensor) -> tuple[list, dict]:
+    """(outputs, {parameter name: grad}) of ``fn()``, which uses ``module``'s parameters, for cotangent
+    ``cot``."""
+    module.zero_grad()
+    out = fn()
+    (out * cot).sum().backward()
+    return [out.detach()], {n: p.grad.clone() for n, p in module.named_parameters()}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from official_helpers import assert_same, forward_and_grads, leaves
+from official_helpers import assert_same, forward_and_grads, leaves, module_grads
 
 from mambakit.errors import ConfigError, ShapeError
 from mambakit.layers.mamba import MambaBlock
@@ -120,19 +120,13 @@ def test_equals_mamba_block_forward_and_parameter_gradients(dtype):
     h = torch.randn(2, 8, 4, dtype=dtype)
     cot = torch.randn(2, 8, 4, dtype=dtype)
 
-    def run(fn):
-        block.zero_grad()
-        out = fn()
-        (out * cot).sum().backward()
-        return [out.detach()], {n: p.grad.clone() for n, p in block.named_parameters()}
-
     def fused():
         return mamba_inner_fn(block.in_proj(h).transpose(1, 2), block.conv1d.weight, block.conv1d.bias,
                               block.x_proj.weight, block.dt_proj.weight, block.out_proj.weight,
                               block.out_proj.bias, -torch.exp(block.A_log), D=block.D,
                               delta_bias=block.dt_proj.bias)
 
-    got, want = run(fused), run(lambda: block(h))
+    got, want = module_grads(block, fused, cot), module_grads(block, lambda: block(h), cot)
     assert set(got[1]) == {n for n, _ in block.named_parameters()}
     assert_same(got, want, dtype)
 

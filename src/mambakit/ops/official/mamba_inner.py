@@ -14,9 +14,9 @@ The projected B takes rows rank .. rank + d_state of x_proj_weight, the projecte
 ``c_rms_weight`` over the state, ``dt_rms_weight`` over the channels of Δ, eps ``b_c_dt_rms_eps``; the
 Falcon-Mamba variant) act on the projected B and C and on Δ before its bias and softplus.
 
-``mamba_inner_fn`` with ``checkpoint_lvl=1`` (the default) is an autograd Function that keeps only its inputs
-and, in backward, recomputes the block with the fused CPU kernels (conv and scan) under autograd and
-differentiates that: the memory of training is that of the inputs, whatever L. (The official kernel keeps
+``mamba_inner_fn`` with ``checkpoint_lvl=1`` (the default) keeps only its inputs (:mod:`.recompute`) and, in
+backward, recomputes the block with the fused CPU kernels (conv and scan) under autograd and differentiates
+that: the memory of training is that of the inputs, whatever L. (The official kernel keeps
 x_dbl and the scan's chunk states too and recomputes the conv and Δ only.) ``checkpoint_lvl=0`` runs the
 same fused composition under plain autograd, keeping its intermediates. ``mamba_inner_ref`` is the same
 composition on the reference conv and scan. Unlike the official backward, the gradient reaches the RMSNorm
@@ -30,10 +30,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..._checks import check_shape, check_tensor, compute_dtype
+from ..._checks import check_shape, check_tensor
 from ...errors import ConfigError, ShapeError
 from ..conv1d import causal_conv1d, causal_conv1d_ref
+from ..rmsnorm import rms_norm
 from ..selective_scan import selective_scan, selective_scan_ref
+from .recompute import recompute
 
 # The tensor arguments, in the official order.
 _TENSORS = ("xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "out_proj_weight",
@@ -42,12 +44,8 @@ _TENSORS = ("xz", "conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_w
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """RMSNorm over the last axis in float32 (float64), returned in x's dtype; the identity without weight."""
-    if weight is None:
-        return x
-    dtype = compute_dtype(x, weight)
-    xf = x.to(dtype)
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(dtype)).to(x.dtype)
+    """RMSNorm over the last axis; the identity without weight."""
+    return x if weight is None else rms_norm(x, weight, eps)
 
 
 def _check(t: dict, eps: float) -> tuple[int, int]:
@@ -122,34 +120,6 @@ def _compose(t: dict, delta_softplus: bool, eps: float, conv: Callable, scan: Ca
     return F.linear(y.transpose(1, 2), t["out_proj_weight"], t["out_proj_bias"])
 
 
-def _fused(t: dict, delta_softplus: bool, eps: float) -> torch.Tensor:
-    return _compose(t, delta_softplus, eps, causal_conv1d, selective_scan)
-
-
-class _MambaInnerFn(torch.autograd.Function):
-    """(options, *tensors in _TENSORS order) -> out; saves the inputs only, recomputes in backward."""
-
-    @staticmethod
-    def forward(ctx, options, *tensors):
-        with torch.no_grad():
-            out = _fused(dict(zip(_TENSORS, tensors, strict=True)), *options)
-        ctx.save_for_backward(*tensors)
-        ctx.options = options
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        needs = ctx.needs_input_grad[1:]
-        inputs = [None if t is None else t.detach().requires_grad_(need)
-                  for t, need in zip(ctx.saved_tensors, needs, strict=True)]
-        with torch.enable_grad():
-            out = _fused(dict(zip(_TENSORS, inputs, strict=True)), *ctx.options)
-        wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
-        grads = iter(torch.autograd.grad(out, wanted, dout, allow_unused=True) if wanted else ())
-        return (None, *(next(grads) if need else None for need in needs))
-
-
 def mamba_inner_fn(
     xz: torch.Tensor,
     conv1d_weight: torch.Tensor,
@@ -207,10 +177,14 @@ def mamba_inner_fn(
                out_proj_bias, A, B, C, D, delta_bias, B_proj_bias, C_proj_bias, b_rms_weight, c_rms_weight,
                dt_rms_weight)
     options = (bool(delta_softplus), float(b_c_dt_rms_eps))
-    with torch.autocast(device, enabled=False):
-        if checkpoint_lvl == 0:
-            return _fused(dict(zip(_TENSORS, tensors, strict=True)), *options)
-        return _MambaInnerFn.apply(options, *tensors)
+
+    def fused(*tensors: torch.Tensor | None) -> torch.Tensor:
+        return _compose(dict(zip(_TENSORS, tensors, strict=True)), *options, causal_conv1d, selective_scan)
+
+    if checkpoint_lvl == 0:
+        with torch.autocast(device, enabled=False):
+            return fused(*tensors)
+    return recompute(fused, *tensors)
 
 
 def mamba_inner_ref(
