@@ -1,18 +1,20 @@
 """Operations: the selective scan (Mamba), the SSD scan (Mamba-2) and the causal convolution, one package
 each with its plain reference (``ref``) beside its faster forms; ``cpu`` holds what their numba kernels
-share. Each operation picks its implementation with one ``backend=`` keyword ("auto" or a name)."""
+share. Each operation picks its implementation with one ``backend=`` keyword ("auto" or a name).
+``official`` has the operations of ``mamba_ssm`` under their official names and module paths."""
 
 from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
-from .selective_scan import available_backends, selective_scan, selective_scan_ref, selective_state_update
-from .ssd import (
+from .official import (
     mamba_chunk_scan_combined,
-    ssd,
-    ssd_chunked,
-    ssd_minimal,
-    ssd_quadratic,
-    ssd_ref,
-    ssd_state_update,
+    mamba_inner_fn,
+    mamba_inner_ref,
+    mamba_split_conv1d_scan_combined,
+    mamba_split_conv1d_scan_ref,
+    selective_scan_fn,
+    selective_state_update_ref,
 )
+from .selective_scan import available_backends, selective_scan, selective_scan_ref, selective_state_update
+from .ssd import ssd, ssd_chunked, ssd_minimal, ssd_quadratic, ssd_ref, ssd_state_update
 
 __all__ = [
     "available_backends",
@@ -20,9 +22,15 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_update",
     "mamba_chunk_scan_combined",
+    "mamba_inner_fn",
+    "mamba_inner_ref",
+    "mamba_split_conv1d_scan_combined",
+    "mamba_split_conv1d_scan_ref",
     "selective_scan",
+    "selective_scan_fn",
     "selective_scan_ref",
     "selective_state_update",
+    "selective_state_update_ref",
     "ssd",
     "ssd_chunked",
     "ssd_minimal",
