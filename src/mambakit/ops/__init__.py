@@ -3,7 +3,7 @@ each with its plain reference (``ref``) beside its faster forms; ``cpu`` holds w
 share. Each operation picks its implementation with one ``backend=`` keyword ("auto" or a name).
 ``official`` has the operations of ``mamba_ssm`` under their official names and module paths."""
 
-from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
+from .conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_update, causal_conv1d_with_state
 from .official import (
     mamba_chunk_scan_combined,
     mamba_inner_fn,
@@ -13,6 +13,7 @@ from .official import (
     selective_scan_fn,
     selective_state_update_ref,
 )
+from .packing import seq_idx_from_attention_mask, seq_idx_from_cu_seqlens, seq_idx_from_position_ids
 from .selective_scan import available_backends, selective_scan, selective_scan_ref, selective_state_update
 from .ssd import ssd, ssd_chunked, ssd_minimal, ssd_quadratic, ssd_ref, ssd_state_update
 
@@ -21,6 +22,7 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_ref",
     "causal_conv1d_update",
+    "causal_conv1d_with_state",
     "mamba_chunk_scan_combined",
     "mamba_inner_fn",
     "mamba_inner_ref",
@@ -31,6 +33,9 @@ __all__ = [
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
+    "seq_idx_from_attention_mask",
+    "seq_idx_from_cu_seqlens",
+    "seq_idx_from_position_ids",
     "ssd",
     "ssd_chunked",
     "ssd_minimal",

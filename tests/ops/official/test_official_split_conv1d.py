@@ -162,3 +162,30 @@ def test_refusals_name_the_argument():
         mamba_split_conv1d_scan_combined(**{**t, "outproj_weight": None}, chunk_size=4, ngroups=2)
     with pytest.raises(ConfigError, match="activation"):
         mamba_split_conv1d_scan_combined(**t, chunk_size=4, ngroups=2, activation="relu")
+
+
+def test_packed_sequences_with_seq_idx_equal_each_alone():
+    lengths = [4, 1, 6]
+    t = inputs(seed=12, initial=True)
+    t["zxbcdt"] = t["zxbcdt"][:1]
+    t["initial_states"] = t["initial_states"][:1]
+    seq_idx = torch.repeat_interleave(torch.arange(3, dtype=torch.int32), torch.tensor(lengths))[None]
+    opts = dict(chunk_size=4, headdim=HEADDIM, ngroups=2)
+
+    def packed(**a):
+        return mamba_split_conv1d_scan_combined(**a, seq_idx=seq_idx, **opts)
+
+    def alone(zxbcdt, initial_states, **a):
+        outs, start = [], 0
+        for s, n in enumerate(lengths):
+            h0 = initial_states if s == 0 else torch.zeros_like(initial_states)
+            outs.append(mamba_split_conv1d_scan_combined(zxbcdt[:, start:start + n], **a, initial_states=h0,
+                                                         **opts))
+            start += n
+        return torch.cat(outs, 1)
+
+    want = forward_and_grads(alone, leaves(t))
+    assert_same(forward_and_grads(packed, leaves(t)), want)
+    plain = forward_and_grads(lambda **a: plain_split(**a, ngroups=2, d_mlp=0, norm_before_gate=True,
+                                                      seq_idx=seq_idx), leaves(t))
+    assert_same(plain, want)

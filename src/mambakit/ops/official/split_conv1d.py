@@ -16,7 +16,6 @@ recurrence under plain autograd.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
@@ -69,14 +68,6 @@ def _sizes(t: dict, headdim: int | None, ngroups: int) -> tuple[int, int, int, i
     return heads, headdim, N, rest // 2
 
 
-def _conv(conv: Callable, x, weight, bias, activation, seq_idx):
-    if seq_idx is None:
-        return conv(x, weight, bias, activation)
-    if "seq_idx" not in inspect.signature(conv).parameters:  # TODO(seq_idx): drop once the conv takes it
-        raise ConfigError("seq_idx: the causal convolution of this build does not take seq_idx yet")
-    return conv(x, weight, bias, activation, seq_idx=seq_idx)
-
-
 def _compose(t: dict, opts: dict, conv: Callable, backend: str):
     heads, headdim, N, d_mlp = _sizes(t, opts["headdim"], opts["ngroups"])
     if opts["activation"] not in (None, "silu", "swish"):
@@ -87,8 +78,8 @@ def _compose(t: dict, opts: dict, conv: Callable, backend: str):
     weight = t["conv1d_weight"]
     weight = weight.squeeze(1) if weight.dim() == 3 else weight
     bias = t["conv1d_bias"]
-    xBC = _conv(conv, xBC.transpose(1, 2), weight.to(xBC.dtype), None if bias is None else bias.to(xBC.dtype),
-                opts["activation"], t["seq_idx"]).transpose(1, 2)
+    xBC = conv(xBC.transpose(1, 2), weight.to(xBC.dtype), None if bias is None else bias.to(xBC.dtype),
+               opts["activation"], seq_idx=t["seq_idx"]).transpose(1, 2)
     x, B, C = xBC.split([dim, ngroups * N, ngroups * N], dim=-1)
     norm = t["rmsnorm_weight"]
     result = ssd(x.unflatten(-1, (heads, headdim)), dt, t["A"], B.unflatten(-1, (ngroups, N)),

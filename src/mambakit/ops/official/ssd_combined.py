@@ -9,8 +9,9 @@ import math
 import torch
 
 from ...errors import ConfigError, ShapeError
+from ..packing import seq_idx_from_cu_seqlens
 from ..ssd import ssd
-from ..ssd.varlen import seq_idx_from_cu_seqlens, varlen_states
+from ..ssd.varlen import varlen_states
 from .split_conv1d import mamba_split_conv1d_scan_combined, mamba_split_conv1d_scan_ref
 
 __all__ = ["mamba_chunk_scan_combined", "mamba_split_conv1d_scan_combined", "mamba_split_conv1d_scan_ref"]

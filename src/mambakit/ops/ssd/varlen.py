@@ -1,5 +1,6 @@
-"""Packed variable-length sequences for SSD: the ``cu_seqlens`` of ``mamba_ssm`` (cumulative lengths of the
-sequences packed into one row), the ``seq_idx`` they mark, and the final state of each packed sequence.
+"""The final state of each packed sequence of an SSD row, for the ``cu_seqlens`` of ``mamba_ssm``
+(cumulative lengths of the sequences packed into one row; :mod:`mambakit.ops.packing` turns them into
+``seq_idx``).
 
 A row of length L holds sequences s = 0..n-1 at positions cu_seqlens[s] .. cu_seqlens[s+1] - 1, with
 cu_seqlens[0] = 0 and cu_seqlens[n] = L. The state of sequence s after its last position is
@@ -15,31 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from ..._checks import check_tensor, compute_dtype
-from ...errors import ConfigError, DTypeError, ShapeError
+from ..._checks import compute_dtype
+from ...errors import ShapeError
+from ..packing import seq_idx_from_cu_seqlens
 from .common import NO_LIMIT, per_head, step_sizes
-
-
-def check_cu_seqlens(cu_seqlens: torch.Tensor, length: int) -> None:
-    """(n + 1,) integers, non-decreasing, from 0 to ``length``; raises a mambakit error otherwise."""
-    check_tensor("cu_seqlens", cu_seqlens, ndim=1, floating=False)
-    if cu_seqlens.is_floating_point() or cu_seqlens.is_complex() or cu_seqlens.dtype == torch.bool:
-        raise DTypeError(f"cu_seqlens: expected an integer tensor, got {cu_seqlens.dtype}")
-    if cu_seqlens.numel() < 2:
-        raise ShapeError(f"cu_seqlens: expected (n_seqs + 1,) with n_seqs >= 1, "
-                         f"got shape {tuple(cu_seqlens.shape)}")
-    values = cu_seqlens.tolist()
-    if values[0] != 0 or values[-1] != length or any(b < a for a, b in zip(values, values[1:], strict=False)):
-        raise ConfigError(f"cu_seqlens: expected non-decreasing cumulative lengths from 0 to L={length}, "
-                          f"got {values}")
-
-
-def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
-    """The (1, L) int32 ``seq_idx`` of the packed row: position t gets the index of its sequence."""
-    check_cu_seqlens(cu_seqlens, length)
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    ids = torch.arange(lengths.numel(), device=cu_seqlens.device, dtype=torch.int32)
-    return ids.repeat_interleave(lengths.long()).unsqueeze(0)
 
 
 def varlen_states(
@@ -66,7 +46,7 @@ def varlen_states(
     """
     if x.dim() != 4 or x.shape[0] != 1:
         raise ShapeError(f"x: the packed sequences of cu_seqlens need batch 1, got shape {tuple(x.shape)}")
-    check_cu_seqlens(cu_seqlens, x.shape[1])
+    seq_idx_from_cu_seqlens(cu_seqlens, x.shape[1])   # checks the offsets
     dtype = compute_dtype(x)
     heads = x.shape[2]
     delta = step_sizes(dt[0], dt_bias, dt_softplus, dt_limit, dtype)     # (L, heads)
