@@ -66,7 +66,7 @@ class MixerModel(nn.Module):
         """input_ids (batch, L) -> normalised hidden states (batch, L, d_model); fills ``state`` if given;
         ``seq_idx`` (batch, L) marks packed sequences (every mixer must take it)."""
         if seq_idx is not None:
-            self._check_packing()
+            self.check_packing()
         packing = {} if seq_idx is None else {"seq_idx": seq_idx}
         residual = self.embedding(input_ids)
         for i, layer in enumerate(self.layers):
@@ -75,7 +75,8 @@ class MixerModel(nn.Module):
             residual = self._add(residual, update)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
-    def _check_packing(self) -> None:
+    def check_packing(self) -> None:
+        """Raise ConfigError unless every layer's mixer takes packed sequences (``seq_idx``)."""
         for i, layer in enumerate(self.layers):
             if "seq_idx" not in inspect.signature(layer.mixer.forward).parameters:
                 raise ConfigError(f"seq_idx: layer {i}'s mixer ({type(layer.mixer).__name__}) does not take "
