@@ -261,7 +261,7 @@ STEP_CASES = {
     "state wrong rank": (
         step_replaced(state=torch.zeros(BATCH, DIM)),
         ShapeError,
-        ["state:", "expected 3 dimensions", "got 2"],
+        ["state:", "expected 3 or 4 dimensions", "got 2"],
     ),
     "A wrong dim": (
         step_replaced(A=-torch.rand(DIM - 1, N)),

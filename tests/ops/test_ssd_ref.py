@@ -15,7 +15,6 @@ import torch
 from mambakit.errors import ConfigError, DTypeError, MambakitError, ShapeError
 from mambakit.ops import selective_scan_ref
 from mambakit.ops.ssd import (
-    mamba_chunk_scan_combined,
     segment_sum,
     ssd,
     ssd_chunked,
@@ -214,7 +213,6 @@ def test_public_function_official_layout_and_methods():
     for method in ("chunked", "quadratic"):
         y, s = ssd(*args, 4, backend=method, **rest)
         assert rel_err(y, y_ref) <= 1e-10 and rel_err(s, s_ref) <= 1e-10
-    assert mamba_chunk_scan_combined is ssd
     y_only = ssd(*args, chunk_size=4, D=kw["D"], z=kw["z"], dt_bias=kw["dt_bias"],
                  initial_states=kw["initial_states"], dt_softplus=True)
     assert isinstance(y_only, torch.Tensor) and rel_err(y_only, y_ref) <= 1e-10

@@ -4,11 +4,11 @@ stack, and its grouped, gated form at the output of the Mamba-2 block."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_tensor, compute_dtype
+from .._checks import check_tensor
 from ..errors import ConfigError, ShapeError
+from ..ops.rmsnorm import rms_norm, rms_norm_gated
 
 
 class RMSNorm(nn.Module):
@@ -29,10 +29,7 @@ class RMSNorm(nn.Module):
             raise ShapeError(
                 f"x: expected last dimension {self.weight.shape[0]} (d_model), got shape {tuple(x.shape)}"
             )
-        compute = compute_dtype(x)
-        xf = x.to(compute)
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.to(compute)).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -57,17 +54,7 @@ class RMSNormGated(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """x, z: (..., dim) -> (..., dim) in x's dtype."""
-        compute = compute_dtype(x)
-        xf = x.to(compute)
-        gate = F.silu(z.to(compute)) if z is not None else None
-        if gate is not None and not self.norm_before_gate:
-            xf = xf * gate
-        grouped = xf.unflatten(-1, (-1, self.group_size))
-        xf = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        xf = xf * self.weight.to(compute)
-        if gate is not None and self.norm_before_gate:
-            xf = xf * gate
-        return xf.to(x.dtype)
+        return rms_norm_gated(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
 
     def extra_repr(self) -> str:
         return (f"{self.dim}, eps={self.eps}, group_size={self.group_size}, "

@@ -16,8 +16,9 @@ time-invariant (dim, N), input-dependent (batch, N, L), or grouped (batch, group
 input-dependent B and C are real tensors holding interleaved (re, im) pairs along L (length 2·L).
 
 ``selective_scan_ref`` is the plain reference (a Python loop over L, differentiable by autograd);
-``selective_state_update`` is one step of it, for generation. ``mambakit.ops.selective_scan`` has the
-reference's signature plus ``backend`` and dispatches to faster implementations.
+``selective_state_update`` (defined in :mod:`.step`, re-exported here) is one step of it, for generation.
+``mambakit.ops.selective_scan`` has the reference's signature plus ``backend`` and dispatches to faster
+implementations.
 """
 
 from __future__ import annotations
@@ -25,21 +26,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor, compute_dtype
-from ...errors import DTypeError, ShapeError
+from ..._checks import compute_dtype
 from ..packing import sequence_starts
 from .common import check_scan_args
+from .step import complex_of, selective_state_update
 
-
-def _complex_of(dtype: torch.dtype) -> torch.dtype:
-    """The complex dtype with ``dtype``'s precision (float64 -> complex128, else complex64)."""
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
+__all__ = ["selective_scan_ref", "selective_state_update"]
 
 
 def _expand_bc(X: torch.Tensor, dim: int, complex_A: bool, dtype: torch.dtype) -> torch.Tensor:
     """Bring B or C to (dim, N) or (batch, dim, N, L), complex where A is complex."""
     if X.dim() == 2:
-        return X.to(_complex_of(dtype) if complex_A else dtype)
+        return X.to(complex_of(dtype) if complex_A else dtype)
     X = X.to(dtype)
     if complex_A:
         # (..., 2L) interleaved (re, im) -> complex (..., L); unlike view_as_complex, any memory layout works.
@@ -99,7 +97,7 @@ def selective_scan_ref(
         dt = dt + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    Af = A.to(_complex_of(dtype) if complex_A else dtype)
+    Af = A.to(complex_of(dtype) if complex_A else dtype)
     Bf = _expand_bc(B, dim, complex_A, dtype)
     Cf = _expand_bc(C, dim, complex_A, dtype)
 
@@ -125,86 +123,3 @@ def selective_scan_ref(
         y = y * F.silu(z.to(dtype))
     out = y.to(u.dtype)
     return (out, h) if return_last_state else out
-
-
-def selective_state_update(
-    state: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    dt_bias: torch.Tensor | None = None,
-    dt_softplus: bool = False,
-) -> torch.Tensor:
-    """One recurrent step of the selective scan, for generation; updates ``state`` in place.
-
-    Args:
-        state: (batch, dim, N) state h_{t-1}; complex when A is complex. Overwritten with h_t.
-        x: (batch, dim) input u_t.
-        dt: (batch, dim) step size before ``dt_bias`` and softplus.
-        A: (dim, N) real or complex.
-        B, C: (batch, N) or grouped (batch, groups, N), in x's dtype; may be complex for complex A.
-        D: optional (dim,); z: optional (batch, dim) gate; dt_bias: optional (dim,).
-
-    Returns:
-        y_t, (batch, dim), in x's dtype. Running this L times from a zero state equals
-        :func:`selective_scan_ref` on the whole sequence.
-    """
-    check_tensor("x", x, ndim=2)
-    batch, dim = x.shape
-    check_tensor("dt", dt, ndim=2)
-    check_shape("dt", dt, (batch, dim), "same as x")
-    check_tensor("A", A, ndim=2, complex_ok=True)
-    if A.shape[0] != dim:
-        raise ShapeError(f"A: expected shape (dim={dim}, N), got {tuple(A.shape)}")
-    N = A.shape[1]
-    check_tensor("state", state, ndim=3, complex_ok=True)
-    check_shape("state", state, (batch, dim, N), "(batch, dim, N)")
-    if A.is_complex() != state.is_complex():
-        raise DTypeError(f"state: must be complex exactly when A is complex; got state {state.dtype}, "
-                         f"A {A.dtype}")
-    for name, X in (("B", B), ("C", C)):
-        check_tensor(name, X, ndim=(2, 3), complex_ok=A.is_complex())
-        if X.dim() == 2:
-            check_shape(name, X, (batch, N), "(batch, N)")
-        else:
-            if X.shape[1] < 1 or dim % X.shape[1] != 0:
-                raise ShapeError(f"{name}: groups (dim 1) must divide dim={dim}, got groups={X.shape[1]}")
-            check_shape(name, X, (batch, X.shape[1], N), "grouped (batch, groups, N)")
-    if D is not None:
-        check_tensor("D", D, ndim=1)
-        check_shape("D", D, (dim,))
-    if z is not None:
-        check_tensor("z", z, ndim=2)
-        check_shape("z", z, (batch, dim), "same as x")
-    if dt_bias is not None:
-        check_tensor("dt_bias", dt_bias, ndim=1)
-        check_shape("dt_bias", dt_bias, (dim,))
-    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    check_same_real_dtype(x=x, dt=dt, z=z, B=B, C=C)  # complex B, C (for complex A) are skipped
-
-    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, state)
-    dtf = dt.to(dtype)
-    if dt_bias is not None:
-        dtf = dtf + dt_bias.to(dtype)
-    if dt_softplus:
-        dtf = F.softplus(dtf)
-
-    def per_channel(X: torch.Tensor) -> torch.Tensor:  # -> (batch, dim, N) or (batch, 1, N)
-        X = X.to(_complex_of(dtype) if X.is_complex() else dtype)
-        return X.unsqueeze(1) if X.dim() == 2 else X.repeat_interleave(dim // X.shape[1], dim=1)
-
-    Af = A.to(_complex_of(dtype) if A.is_complex() else dtype)
-    h = state.to(Af.dtype, copy=True)  # a copy: autograd may keep h_{t-1} while state is overwritten below
-    h = torch.exp(dtf[..., None] * Af) * h + (dtf * x.to(dtype))[..., None] * per_channel(B)
-    state.copy_(h)
-    y = (h * per_channel(C)).sum(-1)
-    y = 2 * y.real if A.is_complex() else y
-    if D is not None:
-        y = y + x.to(dtype) * D.to(dtype)
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    return y.to(x.dtype)

@@ -17,8 +17,9 @@ Heads h with head dimension p, state size N, and groups g of heads sharing B and
 - :func:`ssd_chunked` (:mod:`.chunked`) is the same decomposition tuned: batched matmuls per group, nothing
   larger than one chunk's (chunk, chunk) mask per head, and a hand-written backward.
 
-:func:`ssd` (alias :func:`mamba_chunk_scan_combined`) takes the official argument layout and picks a form
-with ``backend``; :func:`ssd_state_update` (:mod:`.ref`) is one step of the recurrence, for generation.
+:func:`ssd` takes the official argument layout and picks a form with ``backend`` (the official
+``mamba_chunk_scan_combined``, with packed sequences too, is :mod:`mambakit.ops.official.ssd_combined`);
+:func:`ssd_state_update` (:mod:`.ref`) is one step of the recurrence, for generation.
 Shared checks and helpers live in :mod:`.common`.
 
 Layouts (as ``mamba_ssm``): x (batch, L, heads, p), dt (batch, L, heads), A (heads,), B and C
@@ -42,7 +43,7 @@ from .common import NO_LIMIT
 from .minimal import ssd_minimal
 from .ref import segment_sum, ssd_quadratic, ssd_ref, ssd_state_update
 
-__all__ = ["available_backends", "mamba_chunk_scan_combined", "segment_sum", "ssd", "ssd_chunked",
+__all__ = ["available_backends", "segment_sum", "ssd", "ssd_chunked",
            "ssd_minimal", "ssd_quadratic", "ssd_ref", "ssd_state_update"]
 
 # name -> form; "auto" is "chunked". The chunked forms also take chunk_size (see ssd()).
@@ -103,5 +104,3 @@ def ssd(
         return ssd_minimal(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
     return _BACKENDS[name](x, dt, A, B, C, **kwargs)
 
-
-mamba_chunk_scan_combined = ssd
