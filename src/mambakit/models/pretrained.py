@@ -86,8 +86,8 @@ def check_mixer_kind(
 ) -> None:
     """Raise :class:`CheckpointError` if the weights are Mamba-1 while ``config`` says Mamba-2, or the
     reverse; ``field`` names the config entry that chose the kind (e.g. "config.model_type")."""
-    if config.mixer not in ("mamba", "mamba2"):
-        return
+    if config.mixer not in ("mamba", "mamba2") or config.layer_types is not None:
+        return  # a hybrid's layers are of several kinds: their weights are checked name by name
     found = _weights_kind(tensors)
     if found is None or found[0] == config.mixer:
         return
