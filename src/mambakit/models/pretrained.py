@@ -152,7 +152,8 @@ def load_pretrained(
     tensors, weights_name = checkpoint.read_weights(directory)
     source = str(directory / weights_name)
     if layout in FAMILIES:
-        tensors = FAMILIES[layout].weights_from_hf(tensors, config)
+        raw, _ = checkpoint.read_config_json(directory)  # a family's weights may depend on its raw keys
+        tensors = FAMILIES[layout].weights_from_hf(tensors, config, raw)
     check_mixer_kind(tensors, config, source, field=_kind_field(layout))
     try:
         model = model_cls(config, device=device, dtype=dtype)

@@ -14,14 +14,7 @@ from typing import Any
 
 from ..config import MambaConfig
 from . import hybrid as H
-from .hybrid_config import (
-    attention_keys,
-    attention_options,
-    drop_unused,
-    mamba2_fields,
-    mamba2_keys,
-    mlp_keys,
-)
+from . import hybrid_config as C
 
 MODEL_TYPE = "bamba"
 ARCHITECTURE = "BambaForCausalLM"
@@ -47,38 +40,31 @@ def config_from_hf(raw: dict[str, Any]) -> MambaConfig:
     kinds = []
     for i in range(g["num_hidden_layers"]):
         kinds += ["attention" if i in attn else "mamba2", "mlp"]
-    return MambaConfig(
-        d_model=g["hidden_size"], n_layer=len(kinds), vocab_size=g["vocab_size"],
-        **mamba2_fields(g, "mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_state", "mamba_d_conv",
-                        "mamba_expand", "mamba_chunk_size", "mamba_conv_bias", "mamba_proj_bias",
-                        "rms_norm_eps"),
-        rms_norm=True, residual_in_fp32=False, pad_vocab_size_multiple=1,
-        tie_embeddings=g["tie_word_embeddings"], norm_epsilon=g["rms_norm_eps"], layer_types=kinds,
-        layer_cfg=drop_unused(kinds, {
-            "attention": attention_options(g, head_dim, H.rotary_dim(head_dim, partial), theta),
-            "mlp": {"d_intermediate": g["intermediate_size"], "activation": H.activation(g, "hidden_act"),
-                    "bias": g["mlp_bias"]},
-        }),
-        hf_model_type=MODEL_TYPE,
-    )
+    layer_cfg = {
+        "attention": C.attention_options(g, head_dim, H.rotary_dim(head_dim, partial), theta),
+        "mlp": {"d_intermediate": g["intermediate_size"], "activation": H.activation(g, "hidden_act"),
+                "bias": g["mlp_bias"]},
+    }
+    mamba = C.mamba2_fields(g, *C.MAMBA_KEYS)
+    return C.hybrid_config(g, MODEL_TYPE, kinds, layer_cfg, "rms_norm_eps", **mamba)
 
 
 def config_to_hf(config: MambaConfig) -> dict[str, Any]:
     """The config.json of a ``BambaForCausalLM`` with ``config``'s hyper-parameters."""
     pairs = H.paired_layers(config, "Bamba", ("mamba2", "attention"), ("mlp",))
-    mlp = mlp_keys(config)
-    attn = attention_keys(config, _PARTIAL_ROTARY)
+    mlp = C.mlp_keys(config)
+    attn = C.attention_keys(config, _PARTIAL_ROTARY)
     attn["rope_parameters"]["partial_rotary_factor"] = _PARTIAL_ROTARY
     return {
         "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE, "vocab_size": config.vocab_size,
         "hidden_size": config.d_model, "num_hidden_layers": len(pairs),
         "attn_layer_indices": [i for i, (kind, _) in enumerate(pairs) if kind == "attention"],
         "intermediate_size": mlp["d_intermediate"], "hidden_act": mlp["activation"], "mlp_bias": mlp["bias"],
-        "tie_word_embeddings": config.tie_embeddings, **mamba2_keys(config), **attn,
+        "tie_word_embeddings": config.tie_embeddings, **C.mamba2_keys(config), **attn,
     }
 
 
-def weights_from_hf(tensors: H.Tensors, config: MambaConfig) -> H.Tensors:
+def weights_from_hf(tensors: H.Tensors, config: MambaConfig, raw: dict[str, Any]) -> H.Tensors:
     """Bamba tensors -> the model's names (names not recognised pass through, to be reported)."""
     t = dict(tensors)
     out = H.ends(t, config, "model.embed_tokens.weight", "model.final_layernorm.weight")

@@ -1,8 +1,8 @@
 """The hybrid model families whose Hugging Face checkpoints mambakit reads and writes, by ``model_type``.
 
 Each module holds MODEL_TYPE, ARCHITECTURE, ``config_from_hf(raw) -> MambaConfig``,
-``config_to_hf(config) -> dict``, ``weights_from_hf(tensors, config)`` and ``weights_to_hf(tensors,
-config)``; its quirks (multipliers, norms, RoPE variants, layouts) stay in it.
+``config_to_hf(config) -> dict``, ``weights_from_hf(tensors, config, raw)`` (raw: the config.json object)
+and ``weights_to_hf(tensors, config)``; its quirks (multipliers, norms, RoPE variants, layouts) stay in it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ...errors import ConfigError
-from . import bamba
+from . import bamba, granite
 
-FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bamba,)}
+FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bamba, granite)}
 
 
 def family(model_type: str | None, field: str = "MambaConfig.hf_model_type") -> ModuleType:

@@ -92,3 +92,20 @@ def mlp_keys(config: MambaConfig, kind: str = "mlp") -> dict[str, Any]:
             "activation": m.get("activation", "silu"), "bias": m.get("bias", False)}
 
 
+
+
+#: Bamba's and Granite's config.json keys of the Mamba-2 mixer, in :func:`mamba2_fields`' order.
+MAMBA_KEYS = ("mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_state", "mamba_d_conv",
+              "mamba_expand", "mamba_chunk_size", "mamba_conv_bias", "mamba_proj_bias", "rms_norm_eps")
+
+
+def hybrid_config(g: dict[str, Any], model_type: str, kinds: list[str], layer_cfg: dict[str, dict],
+                  eps_key: str, **fields: Any) -> MambaConfig:
+    """The MambaConfig of a transformers hybrid: RMSNorm with ``g[eps_key]``, an unpadded vocabulary, the
+    residual in the model's dtype, ``layer_cfg`` of the kinds present; ``fields``: the mixer's and others."""
+    return MambaConfig(
+        d_model=g["hidden_size"], n_layer=len(kinds), vocab_size=g["vocab_size"], rms_norm=True,
+        residual_in_fp32=False, pad_vocab_size_multiple=1, tie_embeddings=g["tie_word_embeddings"],
+        norm_epsilon=g[eps_key], layer_types=kinds, layer_cfg=drop_unused(kinds, layer_cfg),
+        hf_model_type=model_type, **fields,
+    )
