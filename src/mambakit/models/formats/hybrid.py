@@ -117,12 +117,14 @@ def ends(tensors: Tensors, config: MambaConfig, embedding: str, norm_f: str) -> 
     return out
 
 
-def ends_to_hf(tensors: Tensors, config: MambaConfig, embedding: str, norm_f: str) -> Tensors:
-    """Inverse of :func:`ends`; a tied head is left out, as transformers writes it."""
+def ends_to_hf(tensors: Tensors, config: MambaConfig, embedding: str, norm_f: str,
+               keep_head: bool = False) -> Tensors:
+    """Inverse of :func:`ends`; a tied head is left out, as transformers writes it (unless ``keep_head``:
+    a family that never ties gets its own copy)."""
     out = {embedding: tensors.pop(EMBEDDING), norm_f: tensors.pop(NORM_F)}
     head = tensors.pop(HEAD)
-    if not config.tie_embeddings:
-        out[HEAD] = head
+    if keep_head or not config.tie_embeddings:
+        out[HEAD] = head.clone()
     return out
 
 
