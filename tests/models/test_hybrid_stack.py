@@ -122,3 +122,17 @@ def test_mambakit_format_round_trips_a_hybrid(tmp_path):
     assert back.config == model.config
     ids = torch.randint(0, 50, (1, 9))
     assert torch.equal(back(ids), model(ids))
+
+
+def test_top_level_from_pretrained_dispatches_on_the_directory(tmp_path):
+    import mambakit
+
+    hybrid = MambaLMHeadModel(hybrid_config(), generator=torch.Generator().manual_seed(0))
+    hybrid.save_pretrained(tmp_path / "hybrid")
+    pure = MambaLMHeadModel(MambaConfig(d_model=16, n_layer=2, vocab_size=20, mixer="mamba2",
+                                        mixer_cfg={"headdim": 8}, d_state=4))
+    pure.save_pretrained(tmp_path / "pure", format="hf")
+    assert mambakit.from_pretrained(tmp_path / "hybrid").config == hybrid.config
+    assert mambakit.from_pretrained(tmp_path / "pure").config.layer_types is None
+    with pytest.raises(ConfigError, match="hf_model_type"):
+        hybrid.save_pretrained(tmp_path / "nowhere", format="hf")
