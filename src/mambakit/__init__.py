@@ -2,7 +2,7 @@
 
 from . import errors, ops
 from .layers import MambaBlock, RMSNorm
-from .models import MambaConfig, MambaLMHeadModel
+from .models import InferenceCache, MambaConfig, MambaLMHeadModel
 from .ops import selective_scan, selective_scan_ref, selective_state_update
 
 __version__ = "0.1.0"
@@ -16,4 +16,4 @@ def from_pretrained(path, device=None, dtype=None) -> MambaLMHeadModel:
     return MambaLMHeadModel.from_pretrained(path, device=device, dtype=dtype)
 
 __all__ = ["errors", "ops", "selective_scan", "selective_scan_ref", "selective_state_update", "__version__"]
-__all__ += ["MambaBlock", "RMSNorm", "MambaConfig", "MambaLMHeadModel", "from_pretrained"]
+__all__ += ["MambaBlock", "RMSNorm", "InferenceCache", "MambaConfig", "MambaLMHeadModel", "from_pretrained"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from model_helpers import VOCAB, ids_, m2_config, m2_model
 
-from mambakit import MambaBlock, MambaConfig, MambaLMHeadModel, RMSNorm
+from mambakit import InferenceCache, MambaBlock, MambaConfig, MambaLMHeadModel, RMSNorm
 from mambakit.errors import ConfigError, DeviceError, DTypeError, ShapeError
 from mambakit.models import TokenIdError
 
@@ -204,10 +204,12 @@ def test_bad_input_ids():
     cache = m.allocate_inference_cache(2)
     with pytest.raises(ShapeError, match=r"input_ids.*\(batch,\)"):
         m.step(torch.ones(2, 1, dtype=torch.long), cache)
-    with pytest.raises(ConfigError, match="state.*2 per-layer"):
+    with pytest.raises(ConfigError, match="state.*InferenceCache of 2 layers.*got list"):
         m(torch.ones(2, 3, dtype=torch.long), state=cache[:1])
-    with pytest.raises(ShapeError, match="conv_state"):
-        m.step(torch.ones(3, dtype=torch.long), cache)
+    with pytest.raises(ConfigError, match="state.*InferenceCache of 2 layers.*one of 1"):
+        m(torch.ones(2, 3, dtype=torch.long), state=InferenceCache(cache.layers[:1]))
+    with pytest.raises(ConfigError, match="state.*2 rows.*got 3"):
+        m.step(torch.ones(2, dtype=torch.long), m.allocate_inference_cache(3))
     with pytest.raises(ConfigError, match="batch_size"):
         m.allocate_inference_cache(0)
     with pytest.raises(ConfigError, match="config"):
