@@ -4,8 +4,12 @@ from .attention import CausalSelfAttention
 from .lru import LRU
 from .mamba import MambaBlock
 from .mamba2 import Mamba2Block
+from .mamba_normed import MambaBlockNormedSSM
+from .mlp import GatedMLP
+from .moe import MoE
 from .norm import RMSNorm, RMSNormGated
 from .s4 import S4
 from .s4d import S4D
 
-__all__ = ["CausalSelfAttention", "LRU", "Mamba2Block", "MambaBlock", "RMSNorm", "RMSNormGated", "S4", "S4D"]
+__all__ = ["CausalSelfAttention", "GatedMLP", "LRU", "Mamba2Block", "MambaBlock", "MambaBlockNormedSSM",
+           "MoE", "RMSNorm", "RMSNormGated", "S4", "S4D"]

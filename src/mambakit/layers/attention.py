@@ -1,12 +1,15 @@
-"""Causal multi-head softmax attention as a sequence mixer (the Transformer baseline of the synthetic tasks),
-with rotary position embeddings (Su et al., "RoFormer: Enhanced Transformer with Rotary Position Embedding",
-2021) and a key-value cache for :meth:`CausalSelfAttention.step`.
+"""Causal softmax attention as a sequence mixer: the Transformer baseline of the synthetic tasks and the
+attention layers of hybrid models (Jamba, Bamba, Granite 4.0, Nemotron-H, ...).
 
-    q, k, v = split(in_proj(x));  q, k = rotary(q), rotary(k);  y = softmax(q kᵀ / √d_head + causal) v
-    out = out_proj(concat_heads(y))
+    q, k, v = split(in_proj(x))          q: n_heads heads, k and v: n_kv_heads heads (grouped-query)
+    q, k    = rotary(q), rotary(k)       on the first rotary_dim channels of each head (0: no positions)
+    y       = softmax(q kᵀ · softmax_scale + causal [+ sliding window]) v
+    out     = out_proj(concat_heads(y))
 
-Unlike the SSM mixers, the generation state grows with the sequence: the cache holds every past key and value
-(it starts at ``cache_len`` positions and doubles when full), and each step costs O(t).
+Rotary position embeddings follow Su et al., "RoFormer" (2021), in the half-split form (pairs i, i + D/2).
+The key-value cache (:meth:`CausalSelfAttention.allocate_state`) holds every past key and value: it starts at
+``cache_len`` positions and doubles when full, and each step costs O(t). ``forward`` with a state continues
+it (a chunked prefill), so a sequence fed in pieces gives the same outputs as fed whole.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_shape, check_tensor
 from ..errors import ConfigError
+
+_OPTIONS = ("n_heads", "n_kv_heads", "head_dim", "rope_base", "rotary_dim", "sliding_window", "softmax_scale",
+            "bias", "cache_len")
 
 
 def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
@@ -40,14 +46,24 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
 
 
+def _positive_or_none(name: str, value: object) -> None:
+    if value is not None:
+        check_int(name, value)
+
+
 class CausalSelfAttention(nn.Module):
-    """Causal multi-head self-attention mixer: (batch, L, d_model) -> (batch, L, d_model).
+    """Causal multi-head (or grouped-query) self-attention mixer: (batch, L, d_model) -> (batch, L, d_model).
 
     Args:
-        d_model: model width; a multiple of ``n_heads``.
-        n_heads: attention heads (default ``max(1, d_model // 16)``); the head width d_model / n_heads must be
-            even (rotary embeddings turn pairs of components).
+        d_model: model width.
+        n_heads: query heads (default ``max(1, d_model // 16)``).
+        n_kv_heads: key/value heads (default n_heads); a divisor of n_heads (grouped-query attention).
+        head_dim: channels per head (default d_model / n_heads, which must then divide).
         rope_base: the rotary embeddings' base (10000 as in RoFormer).
+        rotary_dim: channels of each head that turn (default head_dim; 0: no positional encoding, as Jamba
+            and Nemotron-H); even.
+        sliding_window: if given, query t sees keys t - sliding_window + 1 .. t only.
+        softmax_scale: factor of q·k (default 1/sqrt(head_dim)).
         bias: biases in the input and output projections.
         cache_len: initial capacity (positions) of the key-value cache made by :meth:`allocate_state`.
     """
@@ -56,7 +72,12 @@ class CausalSelfAttention(nn.Module):
         self,
         d_model: int,
         n_heads: int | None = None,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
         rope_base: float = 10000.0,
+        rotary_dim: int | None = None,
+        sliding_window: int | None = None,
+        softmax_scale: float | None = None,
         bias: bool = False,
         cache_len: int = 256,
         layer_idx: int | None = None,
@@ -66,47 +87,56 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 2:
             raise ConfigError(f"d_model: expected an integer >= 2, got {d_model!r}")
-        if n_heads is None:
-            n_heads = max(1, d_model // 16)
+        n_heads = max(1, d_model // 16) if n_heads is None else n_heads
         check_int("n_heads", n_heads)
-        if d_model % n_heads or (d_model // n_heads) % 2:
-            raise ConfigError(
-                f"n_heads: expected a divisor of d_model={d_model} leaving an even head width, got {n_heads}"
-            )
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ConfigError(f"n_heads: expected a divisor of d_model={d_model} (or give head_dim), "
+                                  f"got {n_heads}")
+            head_dim = d_model // n_heads
+        check_int("head_dim", head_dim)
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        check_int("n_kv_heads", n_kv_heads)
+        if n_heads % n_kv_heads:
+            raise ConfigError(f"n_kv_heads: expected a divisor of n_heads={n_heads}, got {n_kv_heads}")
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        check_int("rotary_dim", rotary_dim, minimum=0)
+        if rotary_dim % 2 or rotary_dim > head_dim:
+            what = "n_heads" if rotary_dim == head_dim else "rotary_dim"
+            raise ConfigError(f"{what}: expected an even rotary width <= head_dim={head_dim} (rotary "
+                              f"embeddings turn pairs of components), got rotary_dim={rotary_dim} with "
+                              f"n_heads={n_heads}")
         if not (isinstance(rope_base, (int, float)) and math.isfinite(rope_base) and rope_base > 1):
             raise ConfigError(f"rope_base: expected a finite number > 1, got {rope_base!r}")
+        _positive_or_none("sliding_window", sliding_window)
+        if softmax_scale is not None and not (isinstance(softmax_scale, (int, float)) and softmax_scale > 0):
+            raise ConfigError(f"softmax_scale: expected None or a positive number, got {softmax_scale!r}")
         check_int("cache_len", cache_len)
         factory = {"device": device, "dtype": dtype}
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
-        self.rope_base = float(rope_base)
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
+        self.rope_base, self.rotary_dim, self.sliding_window = float(rope_base), rotary_dim, sliding_window
+        self.softmax_scale = head_dim**-0.5 if softmax_scale is None else float(softmax_scale)
         self.cache_len = cache_len
         self.layer_idx = layer_idx
-        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias, **factory)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
+        self.in_proj = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias, **factory)
 
     @classmethod
     def from_config(cls, config, layer_idx: int, device=None, dtype=None) -> CausalSelfAttention:
-        """Build from a MambaConfig: d_model and bias; ``mixer_cfg`` may hold n_heads, rope_base and cache_len
-        (a config-like object may also carry n_heads as an attribute)."""
+        """Build from a MambaConfig: d_model and bias; ``mixer_cfg`` may hold the keyword options (n_heads,
+        n_kv_heads, head_dim, rope_base, rotary_dim, sliding_window, softmax_scale, bias, cache_len); a
+        config-like object may also carry n_heads as an attribute."""
         options = dict(getattr(config, "mixer_cfg", None) or {})
-        unknown = sorted(set(options) - {"n_heads", "rope_base", "cache_len"})
+        unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ConfigError(
                 f"MambaConfig.mixer_cfg: unknown key(s) {unknown} for mixer 'attention'; "
-                "expected some of ['cache_len', 'n_heads', 'rope_base']"
+                f"expected some of {sorted(_OPTIONS)}"
             )
         if "n_heads" not in options and getattr(config, "n_heads", None) is not None:
             options["n_heads"] = config.n_heads
-        return cls(
-            config.d_model,
-            bias=getattr(config, "bias", False),
-            **options,
-            layer_idx=layer_idx,
-            device=device,
-            dtype=dtype,
-        )
+        options.setdefault("bias", getattr(config, "bias", False))
+        return cls(config.d_model, **options, layer_idx=layer_idx, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------- checks
     def _check_hidden(self, hidden_states: Tensor, ndim: int) -> None:
@@ -121,30 +151,46 @@ class CausalSelfAttention(nn.Module):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ConfigError(f"state: expected a dict with keys {list(keys)} (allocate_state), got {got}")
         for name in keys[:2]:
-            check_shape(
-                f"state[{name!r}]",
-                state[name],
-                (batch, self.n_heads, None, self.head_dim),
-                "(batch, n_heads, capacity, head_dim)",
-            )
+            check_shape(f"state[{name!r}]", state[name], (batch, self.n_kv_heads, None, self.head_dim),
+                        "(batch, n_kv_heads, capacity, head_dim)")
 
     # -------------------------------------------------------------------------------------------- pieces
-    def _qkv(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(batch, L, d_model) -> q, k, v each (batch, n_heads, L, head_dim), without positions yet."""
+    def _qkv(self, hidden_states: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(batch, L, d_model) -> q (batch, n_heads, L, head_dim), k and v (batch, n_kv_heads, L, head_dim),
+        q and k turned for positions start .. start + L - 1."""
         b, L, _ = hidden_states.shape
-        qkv = self.in_proj(hidden_states).view(b, L, 3, self.n_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v
+        qkv = self.in_proj(hidden_states)
+        kv = self.n_kv_heads * self.head_dim
+        sizes = [self.n_heads * self.head_dim, kv, kv]
+        q, k, v = (t.view(b, L, -1, self.head_dim).transpose(1, 2) for t in torch.split(qkv, sizes, dim=-1))
+        return self._rotate(q, start), self._rotate(k, start), v
 
     def _rotate(self, t: Tensor, start: int) -> Tensor:
+        if self.rotary_dim == 0:
+            return t
         positions = torch.arange(start, start + t.shape[-2], device=t.device)
-        cos, sin = rotary_angles(positions, self.head_dim, self.rope_base)
-        return apply_rotary(t, cos, sin)
+        cos, sin = rotary_angles(positions, self.rotary_dim, self.rope_base)
+        if self.rotary_dim == self.head_dim:
+            return apply_rotary(t, cos, sin)
+        turned = apply_rotary(t[..., : self.rotary_dim], cos, sin)
+        return torch.cat([turned, t[..., self.rotary_dim :]], dim=-1)
 
-    def _merge(self, y: Tensor) -> Tensor:
-        """(batch, n_heads, L, head_dim) -> out_proj of (batch, L, d_model)."""
-        b, _, L, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(b, L, self.d_model))
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
+        """q (batch, H, L, D) at positions start.., k and v (batch, H_kv, start + L, D) -> out_proj of
+        (batch, L, H · D)."""
+        b, _, L, _ = q.shape
+        total = k.shape[-2]
+        mask = None
+        if start > 0 or self.sliding_window is not None:
+            query_pos = torch.arange(start, start + L, device=q.device)[:, None]
+            key_pos = torch.arange(total, device=q.device)[None, :]
+            mask = key_pos <= query_pos
+            if self.sliding_window is not None:
+                mask &= key_pos > query_pos - self.sliding_window
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                           is_causal=mask is None and L > 1, scale=self.softmax_scale,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.out_proj(y.transpose(1, 2).reshape(b, L, self.n_heads * self.head_dim))
 
     @staticmethod
     def _reserve(state: dict[str, Tensor], needed: int) -> None:
@@ -159,37 +205,39 @@ class CausalSelfAttention(nn.Module):
             grown[:, :, :capacity] = old
             state[name] = grown
 
+    def _append(self, state: dict[str, Tensor], k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Write k, v (batch, H_kv, L, D) after the cached positions; returns all keys and values so far."""
+        start, L = int(state["length"]), k.shape[-2]
+        self._reserve(state, start + L)
+        state["key_cache"][:, :, start : start + L] = k.to(state["key_cache"].dtype)
+        state["value_cache"][:, :, start : start + L] = v.to(state["value_cache"].dtype)
+        state["length"].fill_(start + L)
+        return state["key_cache"][:, :, : start + L], state["value_cache"][:, :, : start + L], start
+
     # ------------------------------------------------------------------------------------------- protocol
     def forward(self, hidden_states: Tensor, state: dict[str, Tensor] | None = None) -> Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model).
 
-        With ``state`` (from :meth:`allocate_state`), the sequence is a fresh prompt: on return the cache
-        holds its L rotated keys and values and ``state["length"]`` is L, ready for :meth:`step`."""
+        With ``state`` (from :meth:`allocate_state`, or left by an earlier call), the sequence continues the
+        cached one (an empty cache: a fresh prompt): its queries also see the cached keys, and on return the
+        cache holds its keys and values too, ready for :meth:`step` or another ``forward``."""
         self._check_hidden(hidden_states, 3)
-        batch, L, _ = hidden_states.shape
-        if state is not None:
-            self._check_state(state, batch)
-            if int(state["length"]) != 0:
-                raise ConfigError("state: CausalSelfAttention.forward starts from an empty cache (a fresh "
-                                  "prompt); continue a filled cache with step(), one token at a time")
-        q, k, v = self._qkv(hidden_states)
-        q, k = self._rotate(q, 0), self._rotate(k, 0)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        if state is not None:
-            self._reserve(state, L)
-            state["key_cache"][:, :, :L] = k.to(state["key_cache"].dtype)
-            state["value_cache"][:, :, :L] = v.to(state["value_cache"].dtype)
-            state["length"].fill_(L)
-        return self._merge(y)
+        if state is None:
+            q, k, v = self._qkv(hidden_states, 0)
+            return self._attend(q, k, v, 0)
+        self._check_state(state, hidden_states.shape[0])
+        q, k, v = self._qkv(hidden_states, int(state["length"]))
+        keys, values, start = self._append(state, k, v)
+        return self._attend(q, keys, values, start)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, Tensor]:
-        """An empty cache: key_cache and value_cache (batch, n_heads, cache_len, head_dim) in ``dtype``
+        """An empty cache: key_cache and value_cache (batch, n_kv_heads, cache_len, head_dim) in ``dtype``
         (default: the weights'), and length, a long tensor () counting the positions filled."""
         check_int("batch_size", batch_size)
         weight = self.in_proj.weight
         device = weight.device if device is None else device
         dtype = weight.dtype if dtype is None else dtype
-        shape = (batch_size, self.n_heads, self.cache_len, self.head_dim)
+        shape = (batch_size, self.n_kv_heads, self.cache_len, self.head_dim)
         return {
             "key_cache": torch.zeros(shape, device=device, dtype=dtype),
             "value_cache": torch.zeros(shape, device=device, dtype=dtype),
@@ -198,20 +246,11 @@ class CausalSelfAttention(nn.Module):
 
     def step(self, hidden_states: Tensor, state: dict[str, Tensor]) -> Tensor:
         """One token: hidden_states (batch, d_model) -> (batch, d_model); appends its key and value to the
-        cache (O(t) work for the t-th token: it attends to all of them)."""
+        cache (O(t) work for the t-th token: it attends to all of them, or to the sliding window)."""
         self._check_hidden(hidden_states, 2)
-        self._check_state(state, hidden_states.shape[0])
-        t = int(state["length"])
-        q, k, v = self._qkv(hidden_states[:, None])  # (batch, n_heads, 1, head_dim)
-        q, k = self._rotate(q, t), self._rotate(k, t)
-        self._reserve(state, t + 1)
-        state["key_cache"][:, :, t : t + 1] = k.to(state["key_cache"].dtype)
-        state["value_cache"][:, :, t : t + 1] = v.to(state["value_cache"].dtype)
-        state["length"].fill_(t + 1)
-        keys = state["key_cache"][:, :, : t + 1].to(q.dtype)
-        values = state["value_cache"][:, :, : t + 1].to(q.dtype)
-        y = F.scaled_dot_product_attention(q, keys, values)  # one query sees every cached position
-        return self._merge(y)[:, 0]
+        return self.forward(hidden_states[:, None], state)[:, 0]
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}"
+        window = f", sliding_window={self.sliding_window}" if self.sliding_window else ""
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}{window}")

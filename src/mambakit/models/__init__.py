@@ -1,7 +1,7 @@
 """Language models: configuration, the Mamba LM, generation and checkpoints.
 
-Import order (each module imports only those before it): config, mixers, formats (state_spaces, hf),
-cache, checkpoint (files), pretrained, sampling, generation, lm.
+Import order (each module imports only those before it): layer_types, config, mixers, formats
+(state_spaces, hf, the hybrid families), cache, checkpoint (files), pretrained, sampling, generation, lm.
 """
 
 from ..errors import TokenIdError

@@ -28,6 +28,7 @@ from typing import Any
 
 from .._checks import check_int, check_mapping
 from ..errors import ConfigError
+from .layer_types import parse_layer_types, validate_layer_types
 from .mamba3_options import validate_mamba3_options, with_mamba3_defaults
 
 #: Options of the Mamba-2 block held in ``MambaConfig.mixer_cfg`` when ``mixer == "mamba2"``, with the
@@ -94,6 +95,12 @@ class MambaConfig:
     S4D); the Mamba block's options are the fields above. For ``mixer="mamba2"`` it holds the Mamba-2 options
     (:data:`MAMBA2_DEFAULTS`, filled in when left out), e.g. ``{"headdim": 64, "ngroups": 1,
     "chunk_size": 256}``. ``d_state=None`` means the layer kind's official default (128 for Mamba-2, else 16).
+
+    Hybrids (:mod:`mambakit.models.layer_types`): ``layer_types`` names the kind of each of the n_layer
+    layers (or is a pattern string such as "M-M*-"); ``layer_cfg[kind]`` holds the options of each kind other
+    than ``mixer``. ``embedding_multiplier`` scales the embeddings and ``logits_multiplier`` the logits (1 in
+    Mamba; Granite 4.0 and Falcon-H1 set them). ``hf_model_type`` names the transformers family a hybrid is
+    written as by ``save_pretrained(format="hf")`` (set when such a checkpoint is loaded).
     """
 
     d_model: int
@@ -115,8 +122,14 @@ class MambaConfig:
     mixer: str = "mamba"
     norm_epsilon: float = 1e-5
     mixer_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)
+    layer_types: list[str] | None = None
+    layer_cfg: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    embedding_multiplier: float = 1.0
+    logits_multiplier: float = 1.0
+    hf_model_type: str | None = None
 
     def __post_init__(self) -> None:
+        self.layer_types = parse_layer_types(self.layer_types)
         if self.d_state is None:
             self.d_state = _DEFAULT_D_STATE.get(self.mixer, 16) if isinstance(self.mixer, str) else 16
         if self.mixer == "mamba2" and isinstance(self.mixer_cfg, dict):
@@ -155,6 +168,13 @@ class MambaConfig:
             fail("mixer", "a mixer name such as 'mamba'")
         if not isinstance(self.mixer_cfg, dict) or not all(isinstance(k, str) for k in self.mixer_cfg):
             fail("mixer_cfg", "a dict of keyword options for the mixer")
+        for field in ("embedding_multiplier", "logits_multiplier"):
+            v = getattr(self, field)
+            if not _is_number(v) or not math.isfinite(v) or v == 0:
+                fail(field, "a finite non-zero number")
+        if self.hf_model_type is not None and not isinstance(self.hf_model_type, str):
+            fail("hf_model_type", "None or a transformers model_type such as 'bamba'")
+        validate_layer_types(self)
         if self.mixer == "mamba" and self.mixer_cfg:
             fail("mixer_cfg", "{} for mixer 'mamba' (its options are MambaConfig fields)")
         if self.mixer == "mamba2":

@@ -7,9 +7,13 @@ name.
 
 Residual stream (as officially, with ``fused_add_norm`` or without; they compute the same thing):
 
-    residual = embedding(input_ids)
+    residual = embedding(input_ids) · embedding_multiplier
     for each layer:  residual = residual (in float32 if residual_in_fp32) + mixer(norm(residual))
-    logits = lm_head(norm_f(residual))
+    logits = lm_head(norm_f(residual)) · logits_multiplier
+
+A hybrid (``config.layer_types``) is the same stack with a block of its own kind in each layer
+(:mod:`.layer_types`); its inference cache holds each layer's own state (SSM and conv state, a key-value
+cache, or nothing for the feed-forward kinds).
 """
 
 from __future__ import annotations
@@ -51,10 +55,15 @@ class MixerModel(nn.Module):
     def __init__(self, config: MambaConfig, device=None, dtype=None) -> None:
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
+        self.embedding_multiplier = config.embedding_multiplier
         self.embedding = nn.Embedding(config.vocab_size_padded, config.d_model, device=device, dtype=dtype)
         self.layers = nn.ModuleList(ResidualBlock(config, i, device, dtype) for i in range(config.n_layer))
         norm_cls = RMSNorm if config.rms_norm else nn.LayerNorm
         self.norm_f = norm_cls(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype)
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embedding(input_ids)
+        return hidden if self.embedding_multiplier == 1 else hidden * self.embedding_multiplier
 
     def _add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         if self.residual_in_fp32:  # float32 (float64 stays float64), whatever the layers' precision
@@ -68,7 +77,7 @@ class MixerModel(nn.Module):
         if seq_idx is not None:
             self.check_packing()
         packing = {} if seq_idx is None else {"seq_idx": seq_idx}
-        residual = self.embedding(input_ids)
+        residual = self._embed(input_ids)
         for i, layer in enumerate(self.layers):
             hidden = layer.norm(residual.to(layer.norm.weight.dtype))
             update = layer.mixer(hidden, state=None if state is None else state[i], **packing)
@@ -84,7 +93,7 @@ class MixerModel(nn.Module):
 
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """input_ids (batch,) -> hidden states (batch, d_model); advances every layer's state by one token."""
-        residual = self.embedding(input_ids)
+        residual = self._embed(input_ids)
         for i, layer in enumerate(self.layers):
             hidden = layer.norm(residual.to(layer.norm.weight.dtype))
             residual = self._add(residual, layer.mixer.step(hidden, state[i]))
@@ -142,7 +151,7 @@ class MambaLMHeadModel(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         for layer in self.backbone.layers:
             for name, p in layer.mixer.named_parameters():
-                if name == "out_proj.weight":
+                if name in ("out_proj.weight", "fc2.weight"):
                     nn.init.kaiming_uniform_(p, a=math.sqrt(5))
                     p /= math.sqrt(n_layer)
 
@@ -193,7 +202,12 @@ class MambaLMHeadModel(nn.Module):
         hidden = self.backbone(input_ids, state=state, seq_idx=seq_idx)
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
-        return self.lm_head(hidden)
+        return self._logits(hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
+        multiplier = self.config.logits_multiplier
+        return logits if multiplier == 1 else logits * multiplier
 
     def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> InferenceCache:
         """A zero recurrent state for every layer, as an :class:`~mambakit.models.cache.InferenceCache`
@@ -211,7 +225,7 @@ class MambaLMHeadModel(nn.Module):
         check_input_ids(input_ids, self.config.vocab_size, ndim=1)
         check_same_device(input_ids=input_ids, weights=self.lm_head.weight)
         self._check_cache(state, input_ids.shape[0])
-        return self.lm_head(self.backbone.step(input_ids, state))
+        return self._logits(self.backbone.step(input_ids, state))
 
     # --------------------------------------------------------------------------------------- generation
     def generate(

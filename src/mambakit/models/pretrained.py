@@ -1,8 +1,9 @@
 """A model from a checkpoint directory and back: the layout read from ``config.json``, the weights checked
 against the model the config builds, and the format chosen on save.
 
-Two layouts, detected from ``config.json``: state-spaces (official ``mamba_ssm``, also mambakit's own;
-:mod:`.formats.state_spaces`) and Hugging Face (``model_type`` "mamba" or "mamba2"; :mod:`.formats.hf`).
+Layouts, detected from ``config.json``: state-spaces (official ``mamba_ssm``, also mambakit's own;
+:mod:`.formats.state_spaces`), Hugging Face (``model_type`` "mamba" or "mamba2"; :mod:`.formats.hf`) and the
+hybrid families' Hugging Face layouts (``model_type`` "bamba", ...; :mod:`.formats.families`).
 A checkpoint whose weights are of the other Mamba kind than its config says (Mamba-1 weights: x_proj/dt_proj
 and a 2-D A_log; Mamba-2: dt_bias, a 1-D A_log) is refused with an error naming the config field.
 
@@ -21,21 +22,25 @@ from ..errors import CheckpointError, ConfigError, MambakitError
 from . import checkpoint
 from .config import MambaConfig
 from .formats import hf, state_spaces
+from .formats.families import FAMILIES, family
 from .formats.state_spaces import EMBEDDING, HEAD
 
 FORMATS = ("mambakit", "hf")
 
 
 def read_config(directory: str | os.PathLike) -> tuple[MambaConfig, str]:
-    """Parse ``directory/config.json``; returns the config and the layout, "state-spaces" or "hf"."""
+    """Parse ``directory/config.json``; returns the config and the layout, "state-spaces", "hf" or a hybrid
+    family's model_type (:data:`.formats.families.FAMILIES`)."""
     raw, path = checkpoint.read_config_json(directory)
     try:
+        if raw.get("model_type") in FAMILIES:
+            return FAMILIES[raw["model_type"]].config_from_hf(raw), raw["model_type"]
         if "model_type" in raw:
             if raw["model_type"] not in ("mamba", "mamba2"):
                 raise CheckpointError(
-                    f"{path}: config.model_type: expected 'mamba' or 'mamba2' (a transformers "
-                    f"MambaForCausalLM or Mamba2ForCausalLM), got {raw['model_type']!r}, which mambakit "
-                    "cannot load"
+                    f"{path}: config.model_type: expected 'mamba', 'mamba2' (a transformers "
+                    f"MambaForCausalLM or Mamba2ForCausalLM) or a hybrid family {sorted(FAMILIES)}, got "
+                    f"{raw['model_type']!r}, which mambakit cannot load"
                 )
             return hf.config_from_hf(raw), "hf"
         if "d_model" in raw or "ssm_cfg" in raw:
@@ -87,8 +92,8 @@ def check_mixer_kind(
 ) -> None:
     """Raise :class:`CheckpointError` if the weights are Mamba-1 while ``config`` says Mamba-2, or the
     reverse; ``field`` names the config entry that chose the kind (e.g. "config.model_type")."""
-    if config.mixer not in ("mamba", "mamba2", "mamba3"):
-        return
+    if config.mixer not in ("mamba", "mamba2", "mamba3") or config.layer_types is not None:
+        return  # a hybrid's layers are of several kinds: their weights are checked name by name
     found = _weights_kind(tensors)
     if found is None or found[0] == config.mixer:
         return
@@ -147,6 +152,9 @@ def load_pretrained(
     config, layout = read_config(directory)
     tensors, weights_name = checkpoint.read_weights(directory)
     source = str(directory / weights_name)
+    if layout in FAMILIES:
+        raw, _ = checkpoint.read_config_json(directory)  # a family's weights may depend on its raw keys
+        tensors = FAMILIES[layout].weights_from_hf(tensors, config, raw)
     check_mixer_kind(tensors, config, source, field=_kind_field(layout))
     try:
         model = model_cls(config, device=device, dtype=dtype)
@@ -166,7 +174,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "ma
     ``format="mambakit"``: the state-spaces layout (official config keys, weight names, padded vocabulary,
     ``lm_head.weight`` stored too, as the official checkpoints do). ``format="hf"``: what transformers'
     ``MambaForCausalLM.from_pretrained`` reads (vocabulary truncated to ``vocab_size``, tied head omitted);
-    for a Mamba-2 model (``config.mixer == "mamba2"``), what ``Mamba2ForCausalLM.from_pretrained`` reads.
+    for a Mamba-2 model (``config.mixer == "mamba2"``), what ``Mamba2ForCausalLM.from_pretrained`` reads;
+    for a hybrid, what its family's class reads (``config.hf_model_type``, e.g. "bamba").
     """
     if format not in FORMATS:
         raise ConfigError(f"format: expected one of {list(FORMATS)}, got {format!r}")
@@ -176,7 +185,12 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, format: str = "ma
     if os.path.exists(path) and not os.path.isdir(path):
         raise CheckpointError(f"path: expected a directory to write the checkpoint into, got a file {path!r}")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    if format == "hf":
+    if format == "hf" and (config.layer_types is not None or config.hf_model_type is not None):
+        fam = family(config.hf_model_type)
+        config_dict = fam.config_to_hf(config)  # raises ConfigError for what the family cannot hold
+        config_dict["dtype"] = str(model.lm_head.weight.dtype).removeprefix("torch.")
+        tensors = fam.weights_to_hf(tensors, config)
+    elif format == "hf":
         config_dict = hf.config_to_hf(config)  # raises ConfigError for what transformers cannot hold
         config_dict["dtype"] = str(model.lm_head.weight.dtype).removeprefix("torch.")
         tensors = hf.weights_to_hf(tensors, config)

@@ -43,6 +43,10 @@ _STATE_SPACES_KEYS = frozenset(
     "d_model d_intermediate n_layer vocab_size ssm_cfg attn_layer_idx attn_cfg rms_norm residual_in_fp32 "
     "fused_add_norm pad_vocab_size_multiple tie_embeddings".split()
 ) | {"mixer", "norm_epsilon", "mixer_cfg"}  # mambakit additions, written only when not the official behaviour
+# mambakit's hybrid keys (MambaConfig fields of the same names), written only when not the default
+_HYBRID_FIELDS = {"layer_types": None, "layer_cfg": {}, "embedding_multiplier": 1.0, "logits_multiplier": 1.0,
+                  "hf_model_type": None}
+_STATE_SPACES_KEYS |= frozenset(_HYBRID_FIELDS)
 
 
 def config_to_state_spaces(config: MambaConfig) -> dict[str, Any]:
@@ -71,6 +75,9 @@ def config_to_state_spaces(config: MambaConfig) -> dict[str, Any]:
                 extra["mixer_cfg"] = dict(config.mixer_cfg)
     if config.norm_epsilon != 1e-5:
         extra["norm_epsilon"] = config.norm_epsilon
+    for key, default in _HYBRID_FIELDS.items():
+        if getattr(config, key) != default:
+            extra[key] = getattr(config, key)
     return {
         "d_model": config.d_model,
         "d_intermediate": 0,
@@ -166,6 +173,7 @@ def config_from_state_spaces(d: dict[str, Any]) -> MambaConfig:
         "tie_embeddings",
         "norm_epsilon",
         "mixer_cfg",
+        *_HYBRID_FIELDS,
     ):
         if key in d:
             kwargs[key] = d[key]

@@ -1,0 +1,51 @@
+"""Shared checks of the hybrid families' parity tests: a transformers model (the oracle, its torch path) and
+the mambakit model loaded from its checkpoint agree on logits and on 32-token greedy generations, and what
+mambakit writes loads back in transformers."""
+
+from __future__ import annotations
+
+import torch
+
+from mambakit import MambaLMHeadModel
+
+NEW_TOKENS = 32
+TOL = 1e-4
+
+
+def perturb_(model: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
+    """Move every weight off its initial value, so that biases, norms, A, D and dt_bias all matter."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def compare(hf, mk: MambaLMHeadModel, vocab: int, length: int = 37) -> float:
+    """Max abs logit difference on a (2, length) batch (asserted <= TOL) and identical greedy generations."""
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = hf(ids).logits
+        got = mk(ids)
+    diff = (got[..., :vocab] - want).abs().max().item()
+    assert diff <= TOL, diff
+    prompt = ids[:, :6]
+    expected = hf.generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                           eos_token_id=None, pad_token_id=None)
+    assert torch.equal(mk.generate(prompt, NEW_TOKENS, temperature=0), expected)
+    return diff
+
+
+def hf_to_mambakit(hf_cls, hf_config, tmp_path, seed: int = 1):
+    """A perturbed transformers model saved and loaded by mambakit: (hf model, mambakit model)."""
+    torch.manual_seed(0)
+    hf = hf_cls(hf_config)
+    perturb_(hf, seed)
+    hf.eval().save_pretrained(tmp_path)
+    return hf, MambaLMHeadModel.from_pretrained(tmp_path).eval()
+
+
+def mambakit_to_hf(hf_cls, mk: MambaLMHeadModel, tmp_path, seed: int = 2):
+    """mambakit's export (perturbed weights) loaded by transformers: the transformers model."""
+    perturb_(mk, seed)
+    mk.eval().save_pretrained(tmp_path, format="hf")
+    return hf_cls.from_pretrained(tmp_path).eval()
