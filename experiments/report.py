@@ -123,3 +123,85 @@ def induction_heads_plot(record: dict) -> bytes:
     ax.set_title("Induction heads: extrapolation")
     ax.legend(fontsize=8, loc="center right")  # the top is where a model that extrapolates runs
     return png_bytes(fig)
+
+
+def _accuracy_table(record: dict, caption: str, key: str, columns: list[int], label: str) -> str:
+    """A markdown table: model, parameters, steps, train time, then accuracy (%) per column of ``key``."""
+    heads = " | ".join(label.format(c) for c in columns)
+    lines = [
+        caption,
+        "",
+        f"| model | parameters | steps | train time (s) | {heads} |",
+        "|---|---:|---:|---:|" + "---:|" * len(columns),
+    ]
+    for r in record["rows"]:
+        accs = [r[key].get(str(c)) for c in columns]
+        lines.append(f"| {MIXER_LABELS.get(r['mixer'], r['mixer'])} | {r['parameters']:,} | {r['steps']} |"
+                     f" {r['train_seconds']} | " + " | ".join(_pct(a) for a in accs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mqar_table(record: dict) -> str:
+    """The markdown results table (accuracy % by number of key-value pairs) of an MQAR record."""
+    s = record["settings"]
+    pairs = [int(n) for n in s["num_pairs"]]
+    caption = (
+        f"MQAR: L = {s['seq_len']}, vocabulary {s['vocab_size']}; every model trained on the mix of"
+        f" {', '.join(map(str, pairs))} key-value pairs (batch {s['batch_size']}, an equal share each),"
+        f" every key queried; {s['n_layer']} layers, d_model = {s['d_model']}, d_state = {s['d_state']};"
+        f" lr {s['lr']} ({s['lr_schedule']}), seed {s['seed']}; accuracy (%) over the queries of"
+        f" {s['eval_samples']} held-out sequences per pair count."
+    )
+    return _accuracy_table(record, caption, "accuracy_by_pairs", pairs, "{} pairs")
+
+
+def state_tracking_table(record: dict) -> str:
+    """The markdown results table (last-position accuracy % by evaluation length) of a state-tracking
+    record."""
+    s = record["settings"]
+    task = "parity" if s["modulus"] == 2 else f"sums in Z_{s['modulus']}"
+    caption = (
+        f"State tracking ({task}): trained at L = {s['train_len']} with every running sum asked;"
+        f" {s['n_layer']} layers, d_model = {s['d_model']}, d_state = {s['d_state']}, Δ initialised in"
+        f" [{s['dt_min']}, {s['dt_max']}]; batch {s['batch_size']}, lr {s['lr']} ({s['lr_schedule']}),"
+        f" seed {s['seed']}; accuracy (%) of the last position (the sum of the whole sequence) on"
+        f" {s['eval_samples']} sequences per length; chance {100 / s['modulus']:.0f}%."
+    )
+    lengths = [int(L) for L in s["eval_lengths"]]
+    return _accuracy_table(record, caption, "accuracy_by_length", lengths, "L = {}")
+
+
+def _lines_plot(record: dict, key: str, xlabel: str, title: str, log2: bool, chance: float | None,
+                mark: float | None = None) -> bytes:
+    fig = new_figure(6.5, 3.6)
+    ax = fig.subplots()
+    for r in record["rows"]:
+        points = [(int(x), 100 * a) for x, a in r[key].items() if a is not None]
+        ax.plot(*zip(*points, strict=True), marker="o", label=MIXER_LABELS.get(r["mixer"], r["mixer"]))
+    if mark is not None:
+        ax.axvline(mark, color="gray", linestyle="--", linewidth=1, label="train length")
+    if chance is not None:
+        ax.axhline(100 * chance, color="gray", linestyle=":", linewidth=1, label="chance")
+    if log2:
+        ax.set_xscale("log", base=2)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower left")
+    return png_bytes(fig)
+
+
+def mqar_plot(record: dict) -> bytes:
+    """PNG: accuracy against the number of key-value pairs, one line per model."""
+    s = record["settings"]
+    return _lines_plot(record, "accuracy_by_pairs", "key-value pairs", f"MQAR, L = {s['seq_len']},"
+                       f" d_model = {s['d_model']}, d_state = {s['d_state']}", True, None)
+
+
+def state_tracking_plot(record: dict) -> bytes:
+    """PNG: last-position accuracy against evaluation length, training length and chance marked."""
+    s = record["settings"]
+    task = "parity" if s["modulus"] == 2 else f"Z_{s['modulus']}"
+    return _lines_plot(record, "accuracy_by_length", "test sequence length", f"State tracking ({task})",
+                       True, 1 / s["modulus"], mark=s["train_len"])

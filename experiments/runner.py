@@ -4,9 +4,13 @@ task, evaluate them exactly, and write a markdown table, a JSON record and a PNG
 - ``selective_copying``: Mamba (S6) against S4D (time-invariant) and causal attention (the paper's Table 1
   pattern).
 - ``induction_heads``: train at one length, evaluate at 2^6 .. 2^20 (the paper's Table 2 / extrapolation
-  figure). Mamba is evaluated chunk by chunk with its recurrent state carried (bounded memory, see
-  ``mambakit.tasks.metrics.last_position_accuracy``); the other mixers need one full pass, so they are
-  evaluated only up to ``attention_max_len`` / ``s4d_max_len``.
+  figure). Mamba, Mamba-2 and Mamba-3 are evaluated chunk by chunk with their recurrent state carried
+  (bounded memory, see ``mambakit.tasks.metrics.last_position_accuracy``); the other models need one full
+  pass, so they are evaluated only up to ``attention_max_len`` (attention, the hybrid) / ``s4d_max_len``.
+- ``mqar``: multi-query associative recall (Zoology): one model per mixer trained on a mix of key-value
+  pair counts, accuracy at each count.
+- ``state_tracking``: running sums over Z_m (parity for m = 2), trained short and evaluated longer (the
+  Mamba-3 paper's motivation for a complex, rotational state).
 
 Run it with ``python experiments/run.py NAME [--preset P] [--set field=value ...]``.
 """
@@ -26,7 +30,8 @@ import torch
 from mambakit._checks import check_int
 from mambakit.atomic import write_bytes_atomic, write_text_atomic
 from mambakit.errors import ConfigError
-from mambakit.tasks import InductionHeads, SelectiveCopying
+from mambakit.tasks import MQAR, InductionHeads, ModularSum, MQARMixture, SelectiveCopying
+from mambakit.tasks.batch import IGNORE_INDEX
 from mambakit.tasks.metrics import last_position_accuracy
 from mambakit.training.optim import LR_SCHEDULES
 from mambakit.training.synthetic import TrainResult, TrainSettings, evaluate, train
@@ -34,15 +39,24 @@ from mambakit.training.synthetic import TrainResult, TrainSettings, evaluate, tr
 from .report import (
     induction_heads_plot,
     induction_heads_table,
+    mqar_plot,
+    mqar_table,
     selective_copying_plot,
     selective_copying_table,
+    state_tracking_plot,
+    state_tracking_table,
 )
 from .settings import (
     InductionHeadsSettings,
+    MQARSettings,
     SelectiveCopyingSettings,
+    StateTrackingSettings,
     build_model,
     settings_for,
 )
+
+#: Models whose every layer continues from a recurrent state: evaluated chunk by chunk at any length.
+RECURRENT_MODELS = ("mamba", "mamba2", "mamba3", "mamba3-mimo")
 
 
 # ------------------------------------------------------------------------------------------------- progress
@@ -133,7 +147,8 @@ def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dic
         result = _train_one(model, task, s, f"{mixer} L={s.train_len}", progress)
         by_length: dict[int, float | None] = {}
         seconds: dict[int, float] = {}
-        limit = {"mamba": None, "attention": s.attention_max_len}.get(mixer, s.s4d_max_len)
+        limit = None if mixer in RECURRENT_MODELS else (
+            s.attention_max_len if mixer in ("attention", "hybrid") else s.s4d_max_len)
         chance_streak, skipped = 0, []
         for L in s.eval_lengths:
             if limit is not None and L > limit:
@@ -166,6 +181,59 @@ def run_induction_heads(s: InductionHeadsSettings, progress: bool = True) -> dic
     return {"experiment": "induction_heads", "settings": dataclasses.asdict(s), "rows": rows}
 
 
+def run_mqar(s: MQARSettings, progress: bool = True) -> dict:
+    """Train every model of ``s`` on the mix of ``s.num_pairs`` and evaluate it at each pair count."""
+    if not s.num_pairs or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in s.num_pairs):
+        raise ConfigError(f"num_pairs: expected positive integers, got {s.num_pairs!r}")
+    tasks = {n: MQAR(seq_len=s.seq_len, num_pairs=n, vocab_size=s.vocab_size) for n in s.num_pairs}
+    mixture = MQARMixture(tuple(tasks.values()))
+    held_out = {n: t.sample(s.eval_samples, generator=30_000 + s.seed + n) for n, t in tasks.items()}
+    rows = []
+    for mixer in s.mixers:
+        model = build_model(mixer, s.vocab_size, s.d_model, s.n_layer, s.d_state, s.seed)
+        result = _train_one(model, mixture, s, mixer, progress)
+        by_pairs = {str(n): evaluate(model, [batch]) for n, batch in held_out.items()}
+        if progress:
+            print(f"  {mixer}: " + ", ".join(f"{n} pairs {a:.3f}" for n, a in by_pairs.items()), flush=True)
+        rows.append(_row(model, mixer, result, accuracy_by_pairs=by_pairs))
+    return {"experiment": "mqar", "settings": dataclasses.asdict(s), "rows": rows}
+
+
+def run_state_tracking(s: StateTrackingSettings, progress: bool = True) -> dict:
+    """Train every model of ``s`` at ``train_len`` (every running sum asked) and evaluate the last position
+    (the sum of the whole sequence) at each of ``eval_lengths``."""
+    task = ModularSum(seq_len=s.train_len, modulus=s.modulus)
+    rows = []
+    for mixer in s.mixers:
+        model = build_model(mixer, task.vocab_size, s.d_model, s.n_layer, s.d_state, s.seed,
+                            dt_min=s.dt_min, dt_max=s.dt_max)
+        result = _train_one(model, task, s, mixer, progress)
+        by_length, all_positions = {}, {}
+        for L in s.eval_lengths:
+            batch = task.sample(s.eval_samples, generator=40_000 + s.seed + L, seq_len=L)
+            last = batch._replace(targets=batch.targets.clone(), mask=batch.mask.clone())
+            last.targets[:, :-1], last.mask[:, :-1] = IGNORE_INDEX, False
+            by_length[str(L)] = last_position_accuracy(model, last, chunk_len=1024)
+            all_positions[str(L)] = evaluate(model, [batch])
+            if progress:
+                print(f"  {mixer} L={L}: last {by_length[str(L)]:.3f}, all {all_positions[str(L)]:.3f}",
+                      flush=True)
+        rows.append(_row(model, mixer, result, accuracy_by_length=by_length,
+                         all_positions_by_length=all_positions))
+    return {"experiment": "state_tracking", "settings": dataclasses.asdict(s), "rows": rows}
+
+
+def _row(model, mixer: str, result: TrainResult, **accuracies) -> dict:
+    return {
+        "mixer": mixer,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        **accuracies,
+        "losses": result.losses,
+    }
+
+
 def _check_induction_settings(s: InductionHeadsSettings) -> None:
     check_int("skip_after_chance", s.skip_after_chance, 0)
     lengths = list(s.curriculum_lengths)
@@ -194,6 +262,8 @@ def _check_induction_settings(s: InductionHeadsSettings) -> None:
 RUNNERS = {
     "selective_copying": (run_selective_copying, selective_copying_table, selective_copying_plot),
     "induction_heads": (run_induction_heads, induction_heads_table, induction_heads_plot),
+    "mqar": (run_mqar, mqar_table, mqar_plot),
+    "state_tracking": (run_state_tracking, state_tracking_table, state_tracking_plot),
 }
 
 

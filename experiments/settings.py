@@ -14,16 +14,51 @@ from mambakit.models.config import MambaConfig
 from mambakit.models.lm import MambaLMHeadModel
 from mambakit.models.mixers import available_mixers
 
-MIXER_LABELS = {"mamba": "Mamba (S6)", "s4d": "S4D (time-invariant)", "attention": "Attention (RoPE)"}
+MIXER_LABELS = {
+    "mamba": "Mamba (S6)",
+    "mamba2": "Mamba-2 (SSD)",
+    "mamba3": "Mamba-3 SISO",
+    "mamba3-mimo": "Mamba-3 MIMO (R = 2)",
+    "hybrid": "Hybrid (Mamba-2 + 1 attention)",
+    "s4d": "S4D (time-invariant)",
+    "attention": "Attention (RoPE)",
+}
+
+#: Model names of the experiments that are not mixer names: a variant of a mixer or a hybrid stack.
+MODEL_NAMES = ("mamba3-mimo", "hybrid")
+#: The small models' head size of Mamba-2 and Mamba-3 (d_inner = 128: 8 heads), and Mamba-3 MIMO's rank.
+HEADDIM, MIMO_RANK = 16, 2
+
+
+def model_config(
+    name: str, vocab_size: int, d_model: int, n_layer: int, d_state: int, **fields: object
+) -> MambaConfig:
+    """The config of model ``name``: a registered mixer in every layer; "mamba3-mimo" (Mamba-3 with MIMO
+    rank MIMO_RANK); or "hybrid" (Mamba-2 layers with the last one attention). ``fields``: more MambaConfig
+    fields (e.g. dt_min, dt_max)."""
+    base = dict(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size, d_state=d_state, **fields)
+    if name == "mamba2":
+        return MambaConfig(**base, mixer="mamba2", mixer_cfg={"headdim": HEADDIM})
+    if name in ("mamba3", "mamba3-mimo"):
+        mimo = {"is_mimo": True, "mimo_rank": MIMO_RANK, "chunk_size": 32} if name == "mamba3-mimo" else {}
+        return MambaConfig(**base, mixer="mamba3", mixer_cfg={"headdim": HEADDIM, **mimo})
+    if name == "hybrid":
+        return MambaConfig(**base, mixer="mamba2", mixer_cfg={"headdim": HEADDIM},
+                           layer_types=["mamba2"] * (n_layer - 1) + ["attention"])
+    return MambaConfig(**base, mixer=name)
+
+
+def model_names() -> list[str]:
+    """Every name ``build_model`` accepts."""
+    return sorted({*available_mixers(), *MODEL_NAMES})
 
 
 def build_model(
-    mixer: str, vocab_size: int, d_model: int, n_layer: int, d_state: int, seed: int
+    mixer: str, vocab_size: int, d_model: int, n_layer: int, d_state: int, seed: int, **fields: object
 ) -> MambaLMHeadModel:
-    """A language model whose every layer uses ``mixer``; initial weights depend only on ``seed``."""
-    config = MambaConfig(
-        d_model=d_model, n_layer=n_layer, vocab_size=vocab_size, d_state=d_state, mixer=mixer
-    )
+    """A language model of kind ``mixer`` (see :func:`model_config`); initial weights depend only on
+    ``seed``."""
+    config = model_config(mixer, vocab_size, d_model, n_layer, d_state, **fields)
     return MambaLMHeadModel(config, generator=torch.Generator().manual_seed(seed))
 
 
@@ -88,6 +123,57 @@ class InductionHeadsSettings:
     seed: int = 0
 
 
+@dataclass
+class MQARSettings:
+    """One MQAR experiment: every model trained on a mix of key-value pair counts (an equal share of each
+    batch per count, one sequence length), then evaluated at each count on held-out sequences."""
+
+    seq_len: int = 128
+    vocab_size: int = 128
+    num_pairs: tuple[int, ...] = (4, 8, 16, 32)
+    mixers: tuple[str, ...] = ("attention", "mamba", "mamba2", "mamba3", "mamba3-mimo", "hybrid")
+    d_model: int = 64
+    n_layer: int = 2
+    d_state: int = 16
+    steps: int = 1500
+    batch_size: int = 32  # split evenly over num_pairs
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 50
+    time_budget_s: float | None = 150.0  # per model
+    eval_samples: int = 256  # per pair count
+    stop_at_accuracy: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class StateTrackingSettings:
+    """One state-tracking experiment (running sums in Z_modulus, :mod:`mambakit.tasks.state_tracking`):
+    train at ``train_len`` with every position asked, evaluate the last position at each of
+    ``eval_lengths``."""
+
+    train_len: int = 32
+    modulus: int = 2
+    mixers: tuple[str, ...] = ("mamba", "mamba2", "mamba3", "mamba3-mimo", "attention")
+    d_model: int = 64
+    n_layer: int = 2
+    d_state: int = 16
+    # The SSMs' Δ initialisation range (MambaConfig.dt_min / dt_max), the same for every SSM: a rotation by
+    # π per step needs Δ·tanh(angle) = 1, far above the default range 1e-3 .. 0.1.
+    dt_min: float = 0.1
+    dt_max: float = 1.0
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 20
+    time_budget_s: float | None = 150.0  # per model
+    eval_lengths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+    eval_samples: int = 256
+    stop_at_accuracy: float | None = None
+    seed: int = 0
+
+
 PRESETS: dict[str, dict[str, object]] = {
     "selective_copying": {
         "smoke": SelectiveCopyingSettings(
@@ -148,6 +234,28 @@ PRESETS: dict[str, dict[str, object]] = {
             attention_max_len=2**16,
         ),
     },
+    "mqar": {
+        "smoke": MQARSettings(
+            seq_len=32, vocab_size=32, num_pairs=(2, 4, 8), d_model=32, steps=60, batch_size=12,
+            warmup_steps=0, time_budget_s=10.0, eval_samples=64,
+        ),
+        "cpu": MQARSettings(),
+        "paper": MQARSettings(
+            seq_len=512, vocab_size=8192, num_pairs=(4, 8, 16, 32, 64), d_model=128, steps=100_000,
+            batch_size=64 * 5, lr=1e-3, time_budget_s=None, eval_samples=1000,
+        ),
+    },
+    "state_tracking": {
+        "smoke": StateTrackingSettings(
+            train_len=16, d_model=32, steps=60, batch_size=32, warmup_steps=0, time_budget_s=10.0,
+            eval_lengths=(16, 32, 64), eval_samples=64,
+        ),
+        "cpu": StateTrackingSettings(),
+        "paper": StateTrackingSettings(
+            train_len=64, steps=100_000, batch_size=256, lr=1e-3, time_budget_s=None,
+            eval_lengths=(64, 128, 256, 512, 1024, 4096), eval_samples=1024,
+        ),
+    },
 }
 
 
@@ -165,13 +273,13 @@ def settings_for(name: str, preset: str = "cpu", overrides: dict[str, object] | 
         raise ConfigError(
             f"overrides: unknown field(s) {unknown} for {name}; expected some of {sorted(names)}"
         )
-    for key in ("mixers", "eval_lengths", "curriculum_lengths"):
+    for key in ("mixers", "eval_lengths", "curriculum_lengths", "num_pairs"):
         if key in overrides and isinstance(overrides[key], (str, int)):
             overrides[key] = (overrides[key],)  # one name or length given alone
         if key in overrides and isinstance(overrides[key], list):
             overrides[key] = tuple(overrides[key])
     if "mixers" in overrides:
-        bad = [m for m in overrides["mixers"] if m not in available_mixers()]
+        bad = [m for m in overrides["mixers"] if m not in model_names()]
         if bad:
-            raise ConfigError(f"mixers: expected names among {available_mixers()}, got {bad}")
+            raise ConfigError(f"mixers: expected names among {model_names()}, got {bad}")
     return dataclasses.replace(settings, **overrides)

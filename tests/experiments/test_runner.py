@@ -172,3 +172,43 @@ def test_negative_skip_after_chance_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="skip_after_chance"):
         run_experiment("induction_heads", tmp_path, preset="smoke", overrides={"skip_after_chance": -1},
                        progress=False)
+
+
+def test_mqar_writes_accuracy_per_pair_count(tmp_path):
+    overrides = {"steps": 2, "batch_size": 4, "seq_len": 24, "vocab_size": 24, "num_pairs": [2, 4],
+                 "eval_samples": 3, "d_model": 16, "mixers": ["attention", "mamba3-mimo", "hybrid"]}
+    path = run_experiment("mqar", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert [r["mixer"] for r in record["rows"]] == ["attention", "mamba3-mimo", "hybrid"]
+    assert all(set(r["accuracy_by_pairs"]) == {"2", "4"} and r["steps"] == 2 for r in record["rows"])
+    text = path.read_text()
+    assert "| Hybrid (Mamba-2 + 1 attention) |" in text and "| 4 pairs |" in text
+    assert (tmp_path / "mqar.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_state_tracking_writes_accuracy_per_length(tmp_path):
+    overrides = {"steps": 2, "batch_size": 4, "train_len": 8, "eval_lengths": [8, 20], "eval_samples": 3,
+                 "d_model": 16, "modulus": 5, "mixers": ["mamba2", "mamba3"]}
+    path = run_experiment("state_tracking", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["mixer"] for r in rows] == ["mamba2", "mamba3"]
+    assert all(set(r["accuracy_by_length"]) == {"8", "20"} for r in rows)
+    assert all(0 <= a <= 1 for r in rows for a in r["all_positions_by_length"].values())
+    text = path.read_text()
+    assert "sums in Z_5" in text and "| Mamba-3 SISO |" in text and "chance 20%" in text
+
+
+def test_induction_heads_evaluates_new_models_by_their_kind(tmp_path):
+    overrides = {"steps": 1, "batch_size": 2, "train_len": 8, "eval_lengths": [8, 16], "eval_samples": 2,
+                 "attention_max_len": 8, "d_model": 16, "mixers": ["mamba3", "hybrid"],
+                 "skip_after_chance": 0}
+    run_experiment("induction_heads", tmp_path, preset="smoke", overrides=overrides, progress=False)
+    rows = {r["mixer"]: r["accuracy_by_length"]
+            for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["mamba3"]["16"] is not None  # recurrent: chunked, any length
+    assert rows["hybrid"]["16"] is None and rows["hybrid"]["8"] is not None  # has attention: capped
+
+
+def test_bad_num_pairs_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="num_pairs"):
+        run_experiment("mqar", tmp_path, preset="smoke", overrides={"num_pairs": [0]}, progress=False)

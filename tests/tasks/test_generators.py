@@ -133,3 +133,17 @@ def test_accuracy_metrics_count_exactly():
         token_accuracy(predictions[:, :2], targets, mask)
     with pytest.raises(ShapeError, match="mask"):
         token_accuracy(predictions, targets, torch.zeros_like(mask))
+
+
+def test_mqar_mixture_splits_the_batch_between_pair_counts():
+    from mambakit.tasks import MQARMixture
+
+    tasks = tuple(MQAR(seq_len=40, num_pairs=n, vocab_size=41) for n in (2, 4, 8))
+    batch = MQARMixture(tasks).sample(8, generator=0)
+    assert batch.inputs.shape == (8, 40)
+    asked = batch.mask.sum(dim=1).tolist()
+    assert asked == [2, 2, 2, 4, 4, 4, 8, 8]  # shares 3, 3, 2 in task order, every key queried once
+    with pytest.raises(ConfigError, match="tasks"):
+        MQARMixture((tasks[0], MQAR(seq_len=32, num_pairs=2, vocab_size=41)))
+    with pytest.raises(ConfigError, match="batch_size"):
+        MQARMixture(tasks).sample(2)

@@ -1,6 +1,6 @@
 """Chunked evaluation of a model (its own forward, the cache carried between chunks): equal to the full
-forward pass, for Mamba and Mamba-2 and chunk sizes that do and do not divide the length; last-position
-accuracy for Mamba and non-Mamba models; bad input."""
+forward pass, for Mamba, Mamba-2 and Mamba-3 (SISO, MIMO) and chunk sizes that do and do not divide the
+length; last-position accuracy for Mamba and non-Mamba models; bad input."""
 
 import pytest
 import torch
@@ -14,9 +14,14 @@ from mambakit.tasks.metrics import chunked_last_logits, last_position_accuracy
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
 @pytest.mark.parametrize("chunk_len", [1, 7, 24, 100])
-@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2", "mamba3", "mamba3-mimo"])
 def test_chunked_logits_equal_the_full_forward(dtype, tol, chunk_len, mixer):
-    if mixer == "mamba2":
+    if mixer.startswith("mamba3"):
+        mimo = {"is_mimo": True, "mimo_rank": 2} if mixer == "mamba3-mimo" else {}
+        config = MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=8, mixer="mamba3",
+                             mixer_cfg={"headdim": 8, "chunk_size": 4, **mimo})
+        model = MambaLMHeadModel(config, generator=torch.Generator().manual_seed(0)).to(dtype)
+    elif mixer == "mamba2":
         config = MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=4, mixer="mamba2",
                              mixer_cfg={"headdim": 8, "chunk_size": 4})
         model = MambaLMHeadModel(config, generator=torch.Generator().manual_seed(0)).to(dtype)

@@ -1,5 +1,5 @@
 """Exact accuracy of a model's answers on a task batch (counts, not estimates), for sequences of any length:
-a model whose mixers continue from a state (Mamba, Mamba-2) is evaluated chunk by chunk."""
+a model whose mixers continue from a state (Mamba, Mamba-2, Mamba-3) is evaluated chunk by chunk."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from .._checks import check_int, check_shape
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..layers import Mamba2Block, MambaBlock
+from ..layers.mamba3 import Mamba3Block
 from .batch import TaskBatch
 
 
@@ -53,7 +54,7 @@ def sequence_accuracy(outputs: torch.Tensor, targets: torch.Tensor, mask: torch.
 
 
 # Mixers whose forward continues from a non-empty state, so a long sequence can be fed in chunks.
-_CONTINUING_MIXERS = (MambaBlock, Mamba2Block)
+_CONTINUING_MIXERS = (MambaBlock, Mamba2Block, Mamba3Block)
 
 
 @torch.no_grad()
@@ -62,12 +63,12 @@ def chunked_last_logits(model, input_ids: torch.Tensor, chunk_len: int = 4096) -
     fed ``chunk_len`` tokens at a time through the model's own forward with its inference cache carried
     from chunk to chunk: memory O(batch · chunk_len), whatever L.
 
-    Every layer's mixer must continue from a state (Mamba, Mamba-2)."""
+    Every layer's mixer must continue from a state (Mamba, Mamba-2, Mamba-3)."""
     check_int("chunk_len", chunk_len)
     for i, layer in enumerate(model.backbone.layers):
         if not isinstance(layer.mixer, _CONTINUING_MIXERS):
             raise ConfigError(f"model: chunked evaluation needs mixers that continue from a state (Mamba, "
-                              f"Mamba-2), layer {i} is {type(layer.mixer).__name__}")
+                              f"Mamba-2, Mamba-3), layer {i} is {type(layer.mixer).__name__}")
     cache = model.allocate_inference_cache(input_ids.shape[0], device=input_ids.device)
     logits = None
     for start in range(0, input_ids.shape[1], chunk_len):

@@ -100,6 +100,45 @@ class MQAR:
         return TaskBatch(inputs.to(device), targets.to(device), mask.to(device))
 
 
+@dataclass(frozen=True)
+class MQARMixture:
+    """Several MQAR tasks of one length and vocabulary, one per pair count, drawn as one batch (Zoology
+    trains each model on such a mix and evaluates it at each count).
+
+    Args:
+        tasks: MQAR tasks with the same seq_len and vocab_size. :meth:`sample` gives each an equal share of
+            the rows (the first ``batch_size % len(tasks)`` tasks one more), in order.
+    """
+
+    tasks: tuple[MQAR, ...]
+
+    def __post_init__(self) -> None:
+        if not self.tasks or not all(isinstance(t, MQAR) for t in self.tasks):
+            raise ConfigError(f"tasks: expected a non-empty tuple of MQAR tasks, got {self.tasks!r}")
+        shapes = {(t.seq_len, t.vocab_size) for t in self.tasks}
+        if len(shapes) != 1:
+            raise ConfigError(f"tasks: expected one seq_len and vocab_size, got (seq_len, vocab_size) "
+                              f"{sorted(shapes)}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tasks[0].vocab_size
+
+    @property
+    def total_length(self) -> int:
+        return self.tasks[0].seq_len
+
+    def sample(
+        self, batch_size: int, generator: int | torch.Generator | None = None, device=None
+    ) -> TaskBatch:
+        """One batch (batch_size, seq_len): the rows of each task in turn."""
+        check_int("batch_size", batch_size, len(self.tasks))
+        gen = make_generator(generator)
+        share, extra = divmod(batch_size, len(self.tasks))
+        parts = [t.sample(share + (i < extra), gen) for i, t in enumerate(self.tasks)]
+        return TaskBatch(*(torch.cat(x).to(device) for x in zip(*parts, strict=True)))
+
+
 PAPER = MQAR(seq_len=256, num_pairs=16, vocab_size=8192)
 """A Zoology-sized setting (its sweep spans L = 64..512 and 4..64 pairs at vocabulary 8192)."""
 
