@@ -128,19 +128,19 @@ class MQARSettings:
     """One MQAR experiment: every model trained on a mix of key-value pair counts (an equal share of each
     batch per count, one sequence length), then evaluated at each count on held-out sequences."""
 
-    seq_len: int = 128
-    vocab_size: int = 128
-    num_pairs: tuple[int, ...] = (4, 8, 16, 32)
+    seq_len: int = 64
+    vocab_size: int = 32  # keys 1 .. 15, values 16 .. 31
+    num_pairs: tuple[int, ...] = (2, 4, 8, 12)
     mixers: tuple[str, ...] = ("attention", "mamba", "mamba2", "mamba3", "mamba3-mimo", "hybrid")
     d_model: int = 64
     n_layer: int = 2
-    d_state: int = 16
-    steps: int = 1500
+    d_state: int = 8  # the SSMs' state: N = 8 per channel, fewer than the largest pair counts
+    steps: int = 3000
     batch_size: int = 32  # split evenly over num_pairs
     lr: float = 3e-3
     lr_schedule: str = "cosine"
     warmup_steps: int = 50
-    time_budget_s: float | None = 150.0  # per model
+    time_budget_s: float | None = 120.0  # per model
     eval_samples: int = 256  # per pair count
     stop_at_accuracy: float | None = None
     seed: int = 0
@@ -167,7 +167,7 @@ class StateTrackingSettings:
     lr: float = 3e-3
     lr_schedule: str = "cosine"
     warmup_steps: int = 20
-    time_budget_s: float | None = 150.0  # per model
+    time_budget_s: float | None = 120.0  # per model
     eval_lengths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
     eval_samples: int = 256
     stop_at_accuracy: float | None = None
