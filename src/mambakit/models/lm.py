@@ -89,7 +89,8 @@ class MixerModel(nn.Module):
         for i, layer in enumerate(self.layers):
             if "seq_idx" not in inspect.signature(layer.mixer.forward).parameters:
                 raise ConfigError(f"seq_idx: layer {i}'s mixer ({type(layer.mixer).__name__}) does not take "
-                                  "packed or padded sequences; the Mamba, Mamba-2 and Mamba-3 blocks do")
+                                  "packed or padded sequences (Mamba, Mamba-2, Mamba-3, attention, MLP and "
+                                  "MoE layers do)")
 
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """input_ids (batch,) -> hidden states (batch, d_model); advances every layer's state by one token."""
