@@ -50,3 +50,69 @@ class Collect:
         assert self.done.wait(timeout), "the request did not finish"
         assert self.error is None, self.error
         return "".join(self.pieces), self.finish
+
+
+class ServerProcess:
+    """``mambakit serve`` in a subprocess on a free localhost port; ``url`` once it is ready."""
+
+    def __init__(self, checkpoint, *flags: str, timeout: float = 120.0) -> None:
+        import os
+        import queue
+        import subprocess
+        import sys
+        import time
+
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mambakit", "serve", "--checkpoint", str(checkpoint), "--port", "0",
+             *flags], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.log: list[str] = []
+        lines: queue.Queue = queue.Queue()
+
+        def drain() -> None:  # keep reading, so the pipe never fills
+            for line in self.process.stderr:
+                self.log.append(line)
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=drain, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        self.url = None
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if "listening on http://" in line:
+                self.url = line.split("listening on ", 1)[1].split()[0]
+            if " ready: " in line:
+                return
+        self.stop()
+        raise AssertionError("the server did not start:\n" + "".join(self.log))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
