@@ -23,9 +23,11 @@ def job(client: int, round_: int) -> tuple[str, int]:
     return prompt, 16 + (client * 7 + round_) % 25
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint):
-    process = ServerProcess(checkpoint, "--slots", "8", "--prefill-chunk", "64", "--prefix-cache-mb", "1")
+@pytest.fixture(scope="module", params=["loop", "thread"])
+def server(checkpoint, request):
+    """The scheduler on the HTTP event loop (the default), or on a thread of its own."""
+    flags = ["--slots", "8", "--prefill-chunk", "64", "--prefix-cache-mb", "1"]
+    process = ServerProcess(checkpoint, *flags, *(["--engine-thread"] if request.param == "thread" else []))
     yield process
     process.stop()
 

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--tokenizer", metavar="SPEC", help="'byte' or a tokenizer.json (default: saved)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--engine-thread", action="store_true",
+                   help="run the scheduler on a thread of its own rather than between the HTTP loop's work "
+                        "(for models large enough that their kernels, not Python, take the time)")
     p.set_defaults(func=_cmd_serve)
 
 

@@ -9,8 +9,10 @@ Nothing here touches the model: requests are checked, tokenized and handed to th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import threading
 import time
 import traceback
 import uuid
@@ -22,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .engine import Engine, ErrorEvent, GenerationRequest, QueueFull, TextEvent, Usage
+from .engine import Engine, ErrorEvent, FinishEvent, GenerationRequest, QueueFull, TextEvent, Usage
 from .metrics import Metrics
 from .params import APIError, Limits, Params, chat_messages, common, completion_prompt
 
@@ -40,6 +42,9 @@ class ServerState:
     tokenizer: object = None
     template: object = None
     failed: str | None = None
+    dispatcher: _Dispatcher | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once it runs
+    engine_task: asyncio.Future | None = None  # Engine.run on that loop (unless the engine has a thread)
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -70,6 +75,46 @@ class _EngineStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.ticket.cancel()  # a no-op once it has finished
+
+
+class _Dispatcher:
+    """Hands engine events to the event loop: the events of one engine iteration (a token for each of many
+    streams) cross threads in one wake-up, not one each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, object]] = []
+
+    def sink(self, queue: asyncio.Queue):
+        def post(event) -> None:
+            if threading.get_ident() == self._loop_thread:  # the engine runs on the loop (Engine.run)
+                queue.put_nowait(event)
+                return
+            with self._lock:
+                self._pending.append((queue, event))
+                if len(self._pending) > 1:
+                    return  # a delivery is already on its way
+            try:
+                self.loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the event loop is gone (shutting down)
+                pass
+
+        return post
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
+def _dispatcher(state: ServerState) -> _Dispatcher:
+    loop = asyncio.get_running_loop()
+    if state.dispatcher is None or state.dispatcher.loop is not loop:
+        state.dispatcher = _Dispatcher(loop)
+    return state.dispatcher
 
 
 # ------------------------------------------------------------------------------------------------ requests
@@ -130,17 +175,9 @@ async def _run(request: Request, state: ServerState, job: GenerationRequest, par
                chat: bool) -> Response:
     """Submit ``job`` and answer with the whole completion, or stream it."""
     engine = _engine(state)
-    loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-
-    def sink(event) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-        except RuntimeError:  # the event loop is gone (shutting down)
-            pass
-
     try:
-        ticket = engine.submit(job, sink)
+        ticket = engine.submit(job, _dispatcher(state).sink(queue))
     except QueueFull as exc:
         raise APIError(503, str(exc), type="server_error", code="server_overloaded") from None
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -190,16 +227,17 @@ async def _stream(queue: asyncio.Queue, head: dict, chat: bool, include_usage: b
         yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                          "logprobs": None, "finish_reason": None}]})
     while True:
-        event = await queue.get()
-        if isinstance(event, TextEvent):
-            if event.text:
-                yield chunk(event.text)
-        elif isinstance(event, ErrorEvent):
+        events = [await queue.get()]
+        while not queue.empty():  # a client slower than the engine gets several tokens per chunk
+            events.append(queue.get_nowait())
+        text = "".join(e.text for e in events if not isinstance(e, ErrorEvent))
+        if text:
+            yield chunk(text)
+        event = events[-1]  # only the last can be an end
+        if isinstance(event, ErrorEvent):
             yield _sse(APIError(500, event.message, type="server_error", code="engine_error").body())
             return
-        else:
-            if event.text:
-                yield chunk(event.text)
+        if isinstance(event, FinishEvent):
             yield chunk(None, event.reason)
             if include_usage:
                 yield _sse({**head, "choices": [], "usage": _usage(event.usage)})
@@ -302,7 +340,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(APIError(status, message, code=code))
 
 
-def build_app(state: ServerState, lifespan=None) -> Starlette:
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette):
+    state: ServerState = app.state.server
+    state.loop = asyncio.get_running_loop()
+    yield
+    if state.engine is not None:
+        state.engine.stop()
+
+
+def build_app(state: ServerState, lifespan=_lifespan) -> Starlette:
     """The ASGI application over ``state``."""
     routes = [
         Route("/health", _endpoint("/health", health, authorized=False), methods=["GET"]),

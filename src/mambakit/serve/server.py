@@ -3,10 +3,12 @@ then start the engine; stop cleanly on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 from ..errors import MambakitError
@@ -30,6 +32,7 @@ class ServeConfig:
     tokenizer: str | None = None
     device: str = "auto"
     threads: int | None = None
+    engine_thread: bool = False
 
 
 def _log(message: str) -> None:
@@ -50,9 +53,20 @@ def _load(config: ServeConfig, state: ServerState, directory) -> None:
     tokenizer = load_tokenizer(directory, config.tokenizer, model.config.vocab_size)
     state.tokenizer = tokenizer
     state.template = load_chat_template(directory)
-    state.engine = Engine(model, tokenizer, slots=config.slots, prefill_chunk=config.prefill_chunk,
-                          prefix_cache_bytes=int(config.prefix_cache_mb * 2**20), max_queue=config.max_queue,
-                          metrics=state.metrics).start()
+    engine = Engine(model, tokenizer, slots=config.slots, prefill_chunk=config.prefill_chunk,
+                    prefix_cache_bytes=int(config.prefix_cache_mb * 2**20), max_queue=config.max_queue,
+                    metrics=state.metrics)
+    if config.engine_thread:
+        state.engine = engine.start()
+        return
+    while state.loop is None:  # the event loop starts beside this thread
+        time.sleep(0.01)
+
+    async def start() -> None:  # on the loop: the engine's task, and from now on the routes see it
+        state.engine_task = asyncio.ensure_future(engine.run())
+        state.engine = engine
+
+    asyncio.run_coroutine_threadsafe(start(), state.loop).result()
 
 
 def _server_class():
@@ -90,7 +104,7 @@ def serve(config: ServeConfig) -> int:
                             f"({exc.strerror})") from None
     host, port = sock.getsockname()[:2]
     settings = uvicorn.Config(build_app(state), log_level="warning", access_log=False,
-                              timeout_graceful_shutdown=3, lifespan="off")
+                              timeout_graceful_shutdown=3, lifespan="on")
     server = _server_class()(settings)
     failure: list[BaseException] = []
 
@@ -110,7 +124,7 @@ def serve(config: ServeConfig) -> int:
         server.run(sockets=[sock])
     finally:
         loader.join()
-        if state.engine is not None:
+        if state.engine is not None and config.engine_thread:  # a task on the loop stopped with it
             state.engine.stop()
         with contextlib.suppress(OSError):
             sock.close()
