@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import MambakitError
 from .app import ServerState, build_app
@@ -90,7 +91,7 @@ def serve(config: ServeConfig) -> int:
     from ..cli.loading import checkpoint_directory
 
     directory = checkpoint_directory(config.checkpoint)  # a missing path fails now, before binding
-    name = config.model_name or directory.resolve().name
+    name = config.model_name or Path(config.checkpoint).resolve().name  # the folder the user named
     state = ServerState(model_name=name, api_key=config.api_key,
                         limits=Limits(config.max_new_tokens_limit, config.max_prompt_tokens))
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
