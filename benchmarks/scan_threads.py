@@ -83,9 +83,9 @@ def main() -> None:
     y, last = torch.empty(b, d, L), torch.empty(b, d, N)
     states = torch.empty(b, d, -(-L // CHUNK), N)
     arrays = [t.numpy() for t in (u, dt, A, Bk, Ck)]
-    # D, z, delta_bias and the initial state absent (zero-size arrays); no softplus
+    # D, z, delta_bias, the initial state and sequence starts absent (zero-size arrays); no softplus
     absent = [np.empty(0, np.float32), np.empty((0, 0, 0), np.float32), np.empty(0, np.float32),
-              np.empty((0, 0, 0), np.float32), False]
+              np.empty((0, 0, 0), np.float32), np.empty((0, 0), np.uint8), False]
     outs = [t.numpy() for t in (y, states, last)]
     pairs = b * d
 

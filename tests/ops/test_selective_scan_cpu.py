@@ -239,9 +239,10 @@ def test_channel_vectorised_forward_matches_reference(case, dtype, monkeypatch):
     assert bool(calls) == (dtype == torch.float32)
 
 
+@pytest.mark.parametrize("with_starts", [False, True], ids=["one-sequence", "packed"])
 @pytest.mark.parametrize("with_initial_state", [False, True], ids=["from-zero", "initial-state"])
 @pytest.mark.parametrize("case", list(LANE_CASES))
-def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case, with_initial_state):
+def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case, with_initial_state, with_starts):
     # The backward kernel reads the saved chunk states: both forward kernels must write the same ones.
     batch, dim, N, L, groups, b_layout, c_layout, lanes = LANE_CASES[case]
     kwargs = random_scan_inputs(batch, dim, N, L, b_layout=b_layout, c_layout=c_layout, complex_A=False,
@@ -251,7 +252,9 @@ def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case, with_initia
     arrays = [kwargs[k].numpy() for k in ("u", "delta", "A")] + [Bk.numpy(), Ck.numpy()]
     h0 = (np.random.default_rng(12).standard_normal((batch, dim, N)).astype(np.float32) if with_initial_state
           else np.empty((0, 0, 0), np.float32))
-    options = [kwargs[k].numpy() for k in ("D", "z", "delta_bias")] + [h0, True]
+    starts = (np.random.default_rng(13).random((batch, L)) < 0.2).astype(np.uint8) if with_starts \
+        else np.empty((0, 0), np.uint8)
+    options = [kwargs[k].numpy() for k in ("D", "z", "delta_bias")] + [h0, starts, True]
     chunk, zero = 4, np.float32(0)
     results = []
     for lane_kernel in (False, True):

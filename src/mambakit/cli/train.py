@@ -10,9 +10,9 @@ from .flags import finite_float, log, non_negative_int, positive_int
 
 _MODEL_FLAGS = ("d_model", "n_layer", "d_state", "d_conv", "expand")
 _TRAIN_FLAGS = ("data", "tokenizer", "token_dtype", "val_fraction", "seq_len", "batch_size", "grad_accum",
-                "steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "bf16", "seed",
-                "eval_every", "eval_windows", "ckpt_every", "keep_checkpoints", "time_budget", "device",
-                "threads", "log_every", "progress")
+                "steps", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "pack", "bf16",
+                "seed", "eval_every", "eval_windows", "ckpt_every", "keep_checkpoints", "time_budget",
+                "device", "threads", "log_every", "progress")
 
 
 def add_parser(sub) -> None:
@@ -48,6 +48,9 @@ def add_parser(sub) -> None:
     t.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (default 100)")
     t.add_argument("--weight-decay", type=finite_float, help="AdamW weight decay on matrices (default 0.1)")
     t.add_argument("--grad-clip", type=finite_float, help="max gradient norm, 0 = off (default 1.0)")
+    t.add_argument("--pack", action="store_const", const=True,
+                   help="keep documents (blank-line separated blocks) apart in each window: the state "
+                        "restarts and no loss crosses a boundary (Mamba and Mamba-2 models)")
     t.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast")
     t.add_argument("--seed", type=non_negative_int, help="seed for init and data order (default 0)")
     t.add_argument("--eval-every", type=positive_int, help="steps between evaluations (default 200)")

@@ -1,11 +1,12 @@
 """Corpora and tokenizers: the embedded Shakespeare corpus, text / .bin files, byte-level and BPE tokens."""
 
-from .batches import RandomWindows, check_fits_context, eval_batches, eval_starts
+from .batches import IGNORE_INDEX, PackedWindows, RandomWindows, check_fits_context, eval_batches, eval_starts
 from .corpus import VALIDATION_PLAYS, markdown_to_text, shakespeare_plays, shakespeare_split
 from .sources import (
     EMBEDDED,
     DataError,
     TokenSplits,
+    encode_documents,
     encode_text,
     load_token_splits,
     read_text_source,
@@ -21,9 +22,9 @@ from .tokenizers import (
 )
 
 __all__ = [
-    "BPETokenizer", "ByteTokenizer", "DataError", "EMBEDDED", "RandomWindows", "TokenSplits", "Tokenizer",
-    "TokenizerError", "VALIDATION_PLAYS", "check_fits_context", "encode_text", "eval_batches", "eval_starts",
-    "load_token_splits", "load_tokenizer", "read_text_source", "markdown_to_text", "shakespeare_plays",
-    "shakespeare_split",
-    "tokenizer_from_spec", "write_token_bin",
+    "BPETokenizer", "ByteTokenizer", "check_fits_context", "DataError", "EMBEDDED", "encode_documents",
+    "encode_text", "eval_batches", "eval_starts", "IGNORE_INDEX", "load_token_splits", "load_tokenizer",
+    "markdown_to_text", "PackedWindows", "RandomWindows", "read_text_source", "shakespeare_plays",
+    "shakespeare_split", "Tokenizer", "tokenizer_from_spec", "TokenizerError", "TokenSplits",
+    "VALIDATION_PLAYS", "write_token_bin",
 ]

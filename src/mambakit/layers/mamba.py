@@ -21,7 +21,13 @@ from torch import nn
 
 from .._checks import check_int, check_shape, check_tensor, compute_dtype
 from ..errors import ConfigError, ShapeError
-from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ..ops import (
+    causal_conv1d,
+    causal_conv1d_update,
+    causal_conv1d_with_state,
+    selective_scan,
+    selective_state_update,
+)
 
 
 class MambaBlock(nn.Module):
@@ -165,9 +171,16 @@ class MambaBlock(nn.Module):
 
     # -------------------------------------------------------------------------------------------- forward
     def forward(
-        self, hidden_states: torch.Tensor, state: dict[str, torch.Tensor] | None = None
+        self,
+        hidden_states: torch.Tensor,
+        state: dict[str, torch.Tensor] | None = None,
+        seq_idx: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model).
+
+        ``seq_idx`` (batch, L) integer ids of packed sequences: each sequence of a row is processed as if
+        alone (:mod:`mambakit.ops.packing`); with ``state``, the state continues the first and is left
+        holding the last.
 
         With ``state`` (from :meth:`allocate_state`, or left by an earlier ``forward``/``step``), the sequence
         continues the one the state summarises (a zero state: a fresh prompt): the convolution reads the last
@@ -182,12 +195,10 @@ class MambaBlock(nn.Module):
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2·d_inner, L)
         x, z = xz.chunk(2, dim=1)
         if state is None:
-            x = causal_conv1d(x, *self._conv_params(x.dtype), activation="silu")
+            x = causal_conv1d(x, *self._conv_params(x.dtype), activation="silu", seq_idx=seq_idx)
         else:  # the first window reaches back d_conv - 1 inputs into what the state summarises
-            W = self.d_conv
-            x_ext = torch.cat([state["conv_state"][:, :, 1:].to(x.dtype), x], dim=2)
-            state["conv_state"].copy_(x_ext[:, :, -W:])
-            x = causal_conv1d(x_ext, *self._conv_params(x.dtype), activation="silu")[:, :, W - 1:]
+            x = causal_conv1d_with_state(x, state["conv_state"], *self._conv_params(x.dtype),
+                                         activation="silu", seq_idx=seq_idx)
         dt, B, C = self._ssm_params(self.x_proj(x.transpose(1, 2)))  # (batch, L, ·)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L), bias added in scan
         A = -torch.exp(self._upcast(self.A_log))
@@ -204,6 +215,7 @@ class MambaBlock(nn.Module):
             return_last_state=state is not None,
             backend=self.scan_backend,
             initial_state=None if state is None else state["ssm_state"],
+            seq_idx=seq_idx,
         )
         if state is not None:
             y, last_state = result

@@ -22,7 +22,7 @@ from torch import nn
 
 from .._checks import check_int, check_shape, check_tensor, compute_dtype
 from ..errors import ConfigError, ShapeError
-from ..ops.conv1d import causal_conv1d, causal_conv1d_update
+from ..ops.conv1d import causal_conv1d, causal_conv1d_update, causal_conv1d_with_state
 from ..ops.ssd import ssd, ssd_state_update
 from .norm import RMSNormGated
 
@@ -170,9 +170,13 @@ class Mamba2Block(nn.Module):
                     "(batch, heads, headdim, d_state)")
 
     # ------------------------------------------------------------------------------------------
-    def forward(self, hidden_states: torch.Tensor,
-                state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, state: dict[str, torch.Tensor] | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model).
+
+        ``seq_idx`` (batch, L) integer ids of packed sequences: each sequence of a row is processed as if
+        alone (:mod:`mambakit.ops.packing`); with ``state``, the state continues the first and is left
+        holding the last.
 
         With ``state`` (from :meth:`allocate_state`, or left by an earlier ``forward``/``step``), the sequence
         continues the one the state summarises (a zero state: a fresh prompt): the convolution reads the last
@@ -189,13 +193,11 @@ class Mamba2Block(nn.Module):
         z0, x0, z, xBC, dt = self._split(self.in_proj(hidden_states))
         xBC_seq = xBC.transpose(1, 2)                                # (batch, conv_dim, L)
         if state is None:
-            xBC = causal_conv1d(xBC_seq, self._conv_weight(), self.conv1d.bias, "silu").transpose(1, 2)
+            xBC = causal_conv1d(xBC_seq, self._conv_weight(), self.conv1d.bias, "silu", seq_idx=seq_idx)
         else:  # the first window reaches back d_conv - 1 inputs into what the state summarises
-            W = self.d_conv
-            xBC_ext = torch.cat([state["conv_state"][:, :, 1:].to(xBC_seq.dtype), xBC_seq], dim=2)
-            state["conv_state"].copy_(xBC_ext[:, :, -W:])
-            xBC = causal_conv1d(xBC_ext, self._conv_weight(), self.conv1d.bias, "silu")[:, :, W - 1:]
-            xBC = xBC.transpose(1, 2)
+            xBC = causal_conv1d_with_state(xBC_seq, state["conv_state"], self._conv_weight(),
+                                           self.conv1d.bias, "silu", seq_idx=seq_idx)
+        xBC = xBC.transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         result = ssd(
             x.unflatten(-1, (self.nheads, self.headdim)), dt, self._A(),
@@ -203,7 +205,7 @@ class Mamba2Block(nn.Module):
             self.chunk_size, D=self._D(),
             z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
             dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
-            initial_states=None if state is None else state["ssm_state"],
+            initial_states=None if state is None else state["ssm_state"], seq_idx=seq_idx,
             return_final_states=state is not None,
         )
         if state is not None:

@@ -17,6 +17,7 @@ import torch
 
 from .._checks import check_input_ids, check_int
 from ..errors import ConfigError
+from ..ops.packing import resolve_seq_idx
 from .sampling import SamplingOptions, apply_repetition_penalty, sample_next_token
 
 
@@ -26,8 +27,10 @@ class RecurrentLM(Protocol):
     config: Any  # with ``vocab_size``, the real vocabulary (logits beyond it are padding)
     training: bool
 
-    def __call__(self, input_ids: torch.Tensor, state: Any = None, num_last_tokens: int = 0) -> torch.Tensor:
-        """(batch, L) ids -> (batch, num_last_tokens or L, V) logits; with ``state``, fills it (prefill)."""
+    def __call__(self, input_ids: torch.Tensor, state: Any = None, num_last_tokens: int = 0,
+                 **padding: Any) -> torch.Tensor:
+        """(batch, L) ids -> (batch, num_last_tokens or L, V) logits; with ``state``, fills it (prefill);
+        ``attention_mask=`` is passed only for left-padded prompts."""
         ...
 
     def step(self, input_ids: torch.Tensor, state: Any) -> torch.Tensor:
@@ -55,14 +58,19 @@ def generate_tokens(
     input_ids: torch.Tensor,
     max_new_tokens: int,
     *,
+    attention_mask: torch.Tensor | None = None,
     options: SamplingOptions | None = None,
     generator: torch.Generator | None = None,
     **sampling: Any,
 ) -> Iterator[torch.Tensor]:
     """An iterator over the new tokens, one position at a time, each (batch,) long.
 
-    ``input_ids`` (batch, L) long, L >= 1. Sampling follows ``options``, with any :class:`SamplingOptions`
-    field given as a keyword (``temperature=0``, ``top_k=...``) on top. Rows that have produced
+    ``input_ids`` (batch, L) long, L >= 1. Prompts of different lengths go in one batch left-padded, with
+    ``attention_mask`` (batch, L) 0 on the padding and 1 on the tokens: each row then generates what its
+    prompt alone would (the padding never reaches the model's state, nor the repetition penalty).
+
+    Sampling follows ``options``, with any :class:`SamplingOptions` field given as a keyword
+    (``temperature=0``, ``top_k=...``) on top. Rows that have produced
     ``eos_token_id`` keep yielding it; the iteration stops after ``max_new_tokens`` tokens or once every row
     has finished. Only the real vocabulary (``config.vocab_size``) is sampled. Arguments are checked here,
     before the first token.
@@ -74,7 +82,9 @@ def generate_tokens(
     opts.check_vocab(vocab_size)
     if input_ids.shape[1] == 0:
         raise ConfigError("input_ids: expected a prompt of at least one token, got length 0")
-    return _token_stream(model, input_ids, max_new_tokens, opts, generator)
+    if attention_mask is not None:
+        resolve_seq_idx(input_ids, attention_mask=attention_mask)  # checked here, before the first token
+    return _token_stream(model, input_ids, max_new_tokens, opts, generator, attention_mask)
 
 
 def _token_stream(
@@ -83,6 +93,7 @@ def _token_stream(
     max_new_tokens: int,
     opts: SamplingOptions,
     generator: torch.Generator | None,
+    attention_mask: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     vocab_size = model.config.vocab_size
     eos = opts.eos_token_id
@@ -96,9 +107,15 @@ def _token_stream(
         with torch.no_grad():
             param = next(model.parameters())
             cache = model.allocate_inference_cache(batch, device=param.device)
-            logits = model(input_ids, state=cache, num_last_tokens=1)[:, -1, :vocab_size]
+            padded = {} if attention_mask is None else {"attention_mask": attention_mask}
+            logits = model(input_ids, state=cache, num_last_tokens=1, **padded)[:, -1, :vocab_size]
         seen = torch.zeros(batch, vocab_size, dtype=torch.bool, device=input_ids.device)
-        seen.scatter_(1, input_ids, True)
+        if attention_mask is None:
+            seen.scatter_(1, input_ids, True)
+        else:  # amax: a padding position never unmarks a token id the prompt does use
+            mask = attention_mask.to(device=input_ids.device, dtype=torch.int8)
+            seen = torch.zeros(batch, vocab_size, dtype=torch.int8, device=input_ids.device).scatter_reduce_(
+                1, input_ids, mask, reduce="amax").bool()
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
             scores = apply_repetition_penalty(logits.float(), seen, opts.repetition_penalty)
@@ -124,12 +141,14 @@ def generate(
     options: SamplingOptions | None = None,
     generator: torch.Generator | None = None,
     streamer: Callable[[torch.Tensor], Any] | Any = None,
+    attention_mask: torch.Tensor | None = None,
     **sampling: Any,
 ) -> torch.Tensor:
     """Prompt (batch, L) long -> (batch, L + n) long, the prompt followed by n <= max_new_tokens new tokens.
 
-    Sampling as :func:`generate_tokens`. ``streamer`` receives each new token (batch,) as it comes: either a
-    callable, or an object with ``put(tokens)`` and ``end()`` methods (as transformers' streamers have).
+    Sampling and ``attention_mask`` (left-padded prompts) as :func:`generate_tokens`. ``streamer`` receives
+    each new token (batch,) as it comes: either a callable, or an object with ``put(tokens)`` and ``end()``
+    methods (as transformers' streamers have).
     """
     put = getattr(streamer, "put", streamer)
     if streamer is not None and not callable(put):
@@ -138,7 +157,8 @@ def generate(
         )
     new = []
     for token in generate_tokens(
-        model, input_ids, max_new_tokens, options=options, generator=generator, **sampling
+        model, input_ids, max_new_tokens, attention_mask=attention_mask, options=options,
+        generator=generator, **sampling
     ):
         new.append(token)
         if streamer is not None:

@@ -14,6 +14,7 @@ Residual stream (as officially, with ``fused_add_norm`` or without; they compute
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from torch import nn
 from .._checks import check_input_ids, check_int, check_same_device, compute_dtype
 from ..errors import ConfigError
 from ..layers import RMSNorm, RMSNormGated
+from ..ops import packing
 from . import generation, pretrained
 from .cache import InferenceCache
 from .config import MambaConfig
@@ -59,13 +61,26 @@ class MixerModel(nn.Module):
             residual = residual.to(compute_dtype(residual))
         return residual + update
 
-    def forward(self, input_ids: torch.Tensor, state: InferenceCache | None = None) -> torch.Tensor:
-        """input_ids (batch, L) -> normalised hidden states (batch, L, d_model); fills ``state`` if given."""
+    def forward(self, input_ids: torch.Tensor, state: InferenceCache | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (batch, L) -> normalised hidden states (batch, L, d_model); fills ``state`` if given;
+        ``seq_idx`` (batch, L) marks packed sequences (every mixer must take it)."""
+        if seq_idx is not None:
+            self.check_packing()
+        packing = {} if seq_idx is None else {"seq_idx": seq_idx}
         residual = self.embedding(input_ids)
         for i, layer in enumerate(self.layers):
             hidden = layer.norm(residual.to(layer.norm.weight.dtype))
-            residual = self._add(residual, layer.mixer(hidden, state=None if state is None else state[i]))
+            update = layer.mixer(hidden, state=None if state is None else state[i], **packing)
+            residual = self._add(residual, update)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def check_packing(self) -> None:
+        """Raise ConfigError unless every layer's mixer takes packed sequences (``seq_idx``)."""
+        for i, layer in enumerate(self.layers):
+            if "seq_idx" not in inspect.signature(layer.mixer.forward).parameters:
+                raise ConfigError(f"seq_idx: layer {i}'s mixer ({type(layer.mixer).__name__}) does not take "
+                                  "packed or padded sequences; only the Mamba and Mamba-2 blocks do")
 
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """input_ids (batch,) -> hidden states (batch, d_model); advances every layer's state by one token."""
@@ -144,9 +159,23 @@ class MambaLMHeadModel(nn.Module):
                               f"got {state.batch_size}")
 
     def forward(
-        self, input_ids: torch.Tensor, state: InferenceCache | None = None, num_last_tokens: int = 0
+        self,
+        input_ids: torch.Tensor,
+        state: InferenceCache | None = None,
+        num_last_tokens: int = 0,
+        *,
+        seq_idx: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (batch, L) integer -> logits (batch, L, vocab_size_padded).
+
+        Several sequences in one row, each computed as if alone (see :mod:`mambakit.ops.packing`), given
+        by at most one of: ``seq_idx`` (batch, L) ids; ``cu_seqlens`` (n + 1,) offsets of n sequences packed
+        in one row (batch 1); ``position_ids`` (batch, L) restarting at 0 per sequence (transformers'
+        padding-free training); ``attention_mask`` (batch, L) of a left-padded batch (0 = padding), whose
+        padding never reaches the state, so each row's logits on its tokens are those of its prompt alone.
 
         With ``state`` (from :meth:`allocate_inference_cache`), the forward continues from that state (a zero
         cache = a fresh prompt) and on return ``state`` holds every layer's recurrent state after the last
@@ -159,7 +188,9 @@ class MambaLMHeadModel(nn.Module):
         if state is not None:
             self._check_cache(state, input_ids.shape[0])
         check_int("num_last_tokens", num_last_tokens, minimum=0)
-        hidden = self.backbone(input_ids, state=state)
+        seq_idx = packing.resolve_seq_idx(input_ids, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
+                                          position_ids=position_ids, attention_mask=attention_mask)
+        hidden = self.backbone(input_ids, state=state, seq_idx=seq_idx)
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
         return self.lm_head(hidden)
@@ -194,8 +225,11 @@ class MambaLMHeadModel(nn.Module):
         generator: torch.Generator | None = None,
         repetition_penalty: float = 1.0,
         streamer: Callable[[torch.Tensor], None] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Prompt (batch, L) -> prompt followed by the new tokens (batch, L + n), n <= max_new_tokens.
+
+        Prompts of different lengths: left-pad them and pass ``attention_mask`` (batch, L), 0 on padding.
 
         The sampling keywords are the fields of :class:`~mambakit.models.sampling.SamplingOptions` (greedy
         when ``temperature == 0``); see :func:`mambakit.models.generation.generate`.
@@ -205,7 +239,8 @@ class MambaLMHeadModel(nn.Module):
             eos_token_id=eos_token_id,
         )
         return generation.generate(
-            self, input_ids, max_new_tokens, options=options, generator=generator, streamer=streamer
+            self, input_ids, max_new_tokens, options=options, generator=generator, streamer=streamer,
+            attention_mask=attention_mask,
         )
 
     def generate_iter(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> Iterator[torch.Tensor]:

@@ -40,6 +40,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    pack: bool = False
     bf16: bool = False
     seed: int = 0
     eval_every: int = 200

@@ -24,7 +24,9 @@ import torch.nn.functional as F
 
 from ..atomic import write_text_atomic
 from ..data import (
+    IGNORE_INDEX,
     ByteTokenizer,
+    PackedWindows,
     RandomWindows,
     TokenSplits,
     check_fits_context,
@@ -146,9 +148,18 @@ class Trainer:
         else:
             model = MambaLMHeadModel(self.model_config, generator=init)
         self.model = model.to(info.device)
+        if cfg.pack:
+            self.model.backbone.check_packing()
         self.optimizer = build_adamw(self.model, cfg.lr, cfg.weight_decay)
-        self.windows = RandomWindows(self.splits.train, cfg.seq_len, self.micro_batch, cfg.grad_accum,
-                                     info.world_size, cfg.seed)
+        if cfg.pack:
+            if self.splits.train_starts is None:
+                raise ConfigError(f"pack: packed training needs text data, whose blank lines separate the "
+                                  f"documents; {self.splits.description} has no document boundaries")
+            self.windows = PackedWindows(self.splits.train, self.splits.train_starts, cfg.seq_len,
+                                         self.micro_batch, cfg.grad_accum, info.world_size, cfg.seed)
+        else:
+            self.windows = RandomWindows(self.splits.train, cfg.seq_len, self.micro_batch, cfg.grad_accum,
+                                         info.world_size, cfg.seed)
         self.step = 0
         self.elapsed_before = 0.0
         self.total_steps = cfg.steps
@@ -198,11 +209,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16)
 
-    def _loss(self, module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _loss(self, module, inputs: torch.Tensor, targets: torch.Tensor,
+              seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over the targets that are not IGNORE_INDEX (a packed window's document
+        ends); with ``seq_idx``, the model keeps the window's documents apart."""
         with self._autocast():
-            logits = module(inputs)
+            logits = module(inputs) if seq_idx is None else module(inputs, seq_idx=seq_idx)
         logits = getattr(logits, "logits", logits)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
 
     def train_step(self, step: int) -> tuple[float, float, float]:
         """One optimiser step; returns (mean loss over the global batch, grad norm, lr)."""
@@ -214,11 +229,12 @@ class Trainer:
         self.model.train()
         total = torch.zeros((), device=info.device)
         for micro in range(cfg.grad_accum):
-            inputs, targets = self.windows.batch(step, micro, info.rank)
+            inputs, targets, *packing = self.windows.batch(step, micro, info.rank)
             inputs, targets = inputs.to(info.device), targets.to(info.device)
+            seq_idx = packing[0].to(info.device) if packing else None
             sync = self.ddp is None or micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                loss = self._loss(module, inputs, targets) / cfg.grad_accum
+                loss = self._loss(module, inputs, targets, seq_idx) / cfg.grad_accum
                 loss.backward()
             total += loss.detach()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")

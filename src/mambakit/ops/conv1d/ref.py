@@ -1,10 +1,11 @@
 """Causal depthwise 1-D convolution, the short convolution in front of the Mamba scan.
 
 Each channel is convolved with its own kernel of width W over the W-1 previous inputs and the current one
-(zero left padding), so output t never sees input t+1. ``causal_conv1d_update`` is the same map one step
-at a time, over a rolling window of the last W inputs (the conv state). Both are the readable references
-(torch's grouped conv1d and a windowed sum) that the fused kernel of :mod:`.cpu` is tested against.
-"""
+(zero left padding), so output t never sees input t+1. With packed sequences (``seq_idx``), nor an input of
+another sequence: each sequence is convolved as if it stood alone. ``causal_conv1d_update`` is the same map
+one step at a time, over a rolling window of the last W inputs (the conv state). Both are the readable
+references (torch's grouped conv1d and a windowed sum) that the fused kernel of :mod:`.cpu` is tested
+against."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
+from ..packing import check_seq_idx
 from .checks import check_conv_params
 
 
@@ -20,6 +22,7 @@ def causal_conv1d_ref(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal depthwise convolution over the whole sequence.
 
@@ -28,6 +31,8 @@ def causal_conv1d_ref(
         weight: (dim, width); ``weight[:, -1]`` multiplies the current input.
         bias: optional (dim,).
         activation: None, or "silu"/"swish" applied to the output.
+        seq_idx: optional (batch, L) integer ids of packed sequences: output t reads only inputs of t's
+            own sequence.
 
     Returns:
         (batch, dim, L) in x's dtype.
@@ -35,10 +40,21 @@ def causal_conv1d_ref(
     check_tensor("x", x, ndim=3)
     dim = x.shape[1]
     check_conv_params(weight, bias, dim, activation)
-    check_same_device(x=x, weight=weight, bias=bias)
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, x.shape[0], x.shape[2])
+    check_same_device(x=x, weight=weight, bias=bias, seq_idx=seq_idx)
     check_same_real_dtype(x=x, weight=weight, bias=bias)
     width = weight.shape[1]
-    out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=dim)
+    if seq_idx is None:
+        out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=dim)
+    else:  # one shifted copy of x per tap, each kept only where it comes from the same sequence
+        L = x.shape[2]
+        x_pad = F.pad(x, (width - 1, 0))
+        seq_pad = F.pad(seq_idx, (width - 1, 0))  # the padded inputs are zeros: their id does not matter
+        out = x.new_zeros(x.shape) if bias is None else bias[:, None].expand(x.shape).clone()
+        for k in range(width):
+            same = (seq_pad[:, k : k + L] == seq_idx)[:, None, :]
+            out = out + weight[:, k, None] * x_pad[:, :, k : k + L] * same
     return F.silu(out) if activation is not None else out
 
 

@@ -18,7 +18,8 @@ name          device      complex A    notes
 ``triton``    CUDA        no           fused Triton kernels; needs ``triton``
 ============  ==========  ===========  =============================================
 
-All of them take an ``initial_state`` (keyword-only). A backend that cannot take complex A hands such calls
+All of them take an ``initial_state`` and packed sequences' ``seq_idx`` (keyword-only; ``triton`` runs
+packed calls on the chunked core). A backend that cannot take complex A hands such calls
 to ``ref`` (correct, never a silent wrong answer). ``"auto"`` picks ``cpu`` on the CPU, ``triton`` on CUDA
 where Triton imports, ``chunked`` elsewhere.
 """
@@ -108,6 +109,7 @@ def selective_scan(
     backend: str = "auto",
     *,
     initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with a choice of implementation; arguments and results as :func:`selective_scan_ref`.
 
@@ -116,4 +118,4 @@ def selective_scan(
     """
     fn = resolve_backend(backend, u, A)
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-              initial_state=initial_state)
+              initial_state=initial_state, seq_idx=seq_idx)

@@ -53,12 +53,15 @@ def _split_steps(X: torch.Tensor, chunk: int) -> list[torch.Tensor] | None:
 
 
 def _scan_chunk(h0: torch.Tensor, u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, Bc: torch.Tensor,
-                Cc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk: h0 (batch, dim, N); u, dt (batch, dim, K); Bc, Cc broadcastable to (batch, dim, K, N).
+                Cc: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: h0 (batch, dim, N); u, dt (batch, dim, K); Bc, Cc broadcastable to (batch, dim, K, N);
+    keep (batch, K) 0/1 or None: 0 where a packed sequence starts (the decay into it is cut).
 
     Returns y (batch, dim, K) and the state after the chunk (batch, dim, N).
     """
     decay = torch.exp(dt[..., None] * A[:, None, :])    # (batch, dim, K, N)
+    if keep is not None:
+        decay = decay * keep[:, None, :, None]
     drive = (dt * u)[..., None] * Bc                    # (batch, dim, K, N)
     K = decay.shape[2]
     stride = 1
@@ -73,8 +76,9 @@ def _scan_chunk(h0: torch.Tensor, u: torch.Tensor, dt: torch.Tensor, A: torch.Te
 
 
 def _chunked_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                  h0: torch.Tensor | None = None):
-    """(y, last_state) of the bare recurrence from h0 (batch, dim, N; None: zeros), chunk by chunk."""
+                  h0: torch.Tensor | None = None, starts: torch.Tensor | None = None):
+    """(y, last_state) of the bare recurrence from h0 (batch, dim, N; None: zeros), chunk by chunk;
+    ``starts`` (batch, L) bool marks where packed sequences start."""
     batch, dim, L = u.shape
     h = u.new_zeros(batch, dim, A.shape[1]) if h0 is None else h0
     if L == 0:  # nothing to scan; the sums keep A, B and C in the graph so their gradients are zeros
@@ -82,11 +86,12 @@ def _chunked_core(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
     recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C, h))
     chunk = _chunk_length(batch, dim, A.shape[1])
     B_chunks, C_chunks = _split_steps(B, chunk), _split_steps(C, chunk)
+    keeps = None if starts is None else (~starts).to(u.dtype).split(chunk, dim=1)
     ys = []
     for c, (u_c, dt_c) in enumerate(zip(u.split(chunk, dim=2), dt.split(chunk, dim=2), strict=True)):
         B_c = _per_step(B if B_chunks is None else B_chunks[c], dim)
         C_c = _per_step(C if C_chunks is None else C_chunks[c], dim)
-        args = (h, u_c, dt_c, A, B_c, C_c)
+        args = (h, u_c, dt_c, A, B_c, C_c, None if keeps is None else keeps[c])
         y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if recompute else _scan_chunk(*args)
         ys.append(y)
     return torch.cat(ys, dim=2), h
@@ -105,16 +110,18 @@ def selective_scan_chunked(
     return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Chunked selective scan in torch; arguments, results and gradients as :func:`selective_scan_ref`.
 
     Args:
         u, delta, z: (batch, dim, L); A: real (dim, N); B, C: (dim, N), (batch, N, L) or
         (batch, groups, N, L); D, delta_bias: (dim,); initial_state: (batch, dim, N) state to start from
-        (default zeros). Complex A raises DTypeError (``selective_scan`` hands it to ``ref``).
+        (default zeros); seq_idx: (batch, L) ids of packed sequences. Complex A raises DTypeError
+        (``selective_scan`` hands it to ``ref``).
 
     Returns:
         out (batch, dim, L) in u's dtype, and with ``return_last_state`` the last state (batch, dim, N).
     """
     return run_real_scan(_chunked_core, "chunked", u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                         return_last_state, initial_state=initial_state)
+                         return_last_state, initial_state=initial_state, seq_idx=seq_idx)

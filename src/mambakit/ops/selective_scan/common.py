@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor, compute_dtype
 from ...errors import DeviceError, DTypeError, ShapeError
+from ..packing import check_seq_idx, sequence_starts
 
 
 def _check_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, L: int, complex_A: bool) -> None:
@@ -42,7 +43,8 @@ def _check_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, L: int, 
         check_shape(name, X, (batch, groups, N, Lx), "grouped (batch, groups, N, L)")
 
 
-def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None) -> None:
+def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
+                    seq_idx=None) -> None:
     """Validate the arguments of a selective scan; raises a mambakit error naming the argument."""
     check_tensor("u", u, ndim=3)
     batch, dim, L = u.shape
@@ -69,20 +71,23 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_
         check_shape("initial_state", initial_state, (batch, dim, N), "(batch, dim, N)")
         if A.is_complex() and not initial_state.is_complex():
             raise DTypeError(f"initial_state: must be complex when A is complex, got {initial_state.dtype}")
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, batch, L)
     check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                      initial_state=initial_state)
+                      initial_state=initial_state, seq_idx=seq_idx)
     variable = {"B": B, "C": C} if A.is_complex() else {k: v for k, v in (("B", B), ("C", C)) if v.dim() > 2}
     check_same_real_dtype(u=u, delta=delta, z=z, **variable)
 
 
-# core(u, dt, A, B, C[, h0]) -> (y, last_state), all in the compute dtype: u, dt (batch, dim, L), B and C in
-# the caller's layout; h0, the initial state (batch, dim, N), is passed only when given (a core that takes no
-# h0 starts from zeros).
+# core(u, dt, A, B, C[, h0][, starts=]) -> (y, last_state), all in the compute dtype: u, dt (batch, dim, L),
+# B and C in the caller's layout; h0, the initial state (batch, dim, N), is passed only when given (a core
+# that takes no h0 starts from zeros); starts (batch, L) bool only for packed sequences.
 ScanCore = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_type: str | None = None,
-                    initial_state: torch.Tensor | None = None) -> torch.dtype:
+                    initial_state: torch.Tensor | None = None,
+                    seq_idx: torch.Tensor | None = None) -> torch.dtype:
     """Validate the arguments of a real-A backend (see ``selective_scan_ref``) and return the compute dtype
     (float64 if any input is float64, else float32).
 
@@ -90,7 +95,7 @@ def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_ty
         ShapeError, DTypeError, DeviceError: naming the bad argument; DTypeError also for complex A, and
         DeviceError when ``device_type`` (the one device type the backend runs on; None: any) is not u's.
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     if A.is_complex():
         raise DTypeError(f"A: the {backend!r} backend needs a real A, got {A.dtype}; "
                          f"use backend='auto' or 'ref' for complex A")
@@ -101,12 +106,14 @@ def check_real_scan(backend: str, u, delta, A, B, C, D, z, delta_bias, device_ty
 
 def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool,
                   return_last_state: bool, device_type: str | None = None,
-                  initial_state: torch.Tensor | None = None):
+                  initial_state: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None):
     """Check the arguments, apply the prologue, run ``core``, apply the epilogue; see ``selective_scan_ref``.
 
-    ``device_type``: the one device type the backend runs on (None: any).
+    ``device_type``: the one device type the backend runs on (None: any). With ``seq_idx``, the core is
+    called with ``starts=`` (batch, L) bool, True where a packed sequence starts (its state restarts at 0).
     """
-    dtype = check_real_scan(backend, u, delta, A, B, C, D, z, delta_bias, device_type, initial_state)
+    dtype = check_real_scan(backend, u, delta, A, B, C, D, z, delta_bias, device_type, initial_state,
+                            seq_idx)
     uf = u.to(dtype)
     dt = delta.to(dtype)
     if delta_bias is not None:
@@ -114,7 +121,8 @@ def run_real_scan(core: ScanCore, backend: str, u, delta, A, B, C, D, z, delta_b
     if delta_softplus:
         dt = F.softplus(dt)
     args = (uf, dt, A.to(dtype), B.to(dtype), C.to(dtype))
-    y, last = core(*args) if initial_state is None else core(*args, initial_state.to(dtype))
+    h0 = () if initial_state is None else (initial_state.to(dtype),)
+    y, last = core(*args, *h0) if seq_idx is None else core(*args, *h0, starts=sequence_starts(seq_idx))
     if D is not None:
         y = y + uf * D.to(dtype)[:, None]
     if z is not None:

@@ -20,8 +20,11 @@ In float32 with input-dependent B and C (Mamba's case) the forward pass runs
 channels that share B_t and C_t rather than across N, with no horizontal sum per step (the keyword
 ``forward_kernel`` of :func:`selective_scan_cpu` chooses between the two explicitly).
 
-Absent D, z, delta_bias or initial state are passed to the kernels as zero-size arrays (the kernels test
-the size), so each kernel is compiled once per dtype, not once per combination of options.
+Packed sequences (``seq_idx``) reach the kernels as a (batch, L) uint8 array of sequence starts, where the
+state restarts from 0 (the backward pass treats the decay into a start as 0).
+
+Absent D, z, delta_bias, initial state or starts are passed to the kernels as zero-size arrays (the kernels
+test the size), so each kernel is compiled once per dtype, not once per combination of options.
 
 An initial state h_{-1} is where the forward recurrence starts, and so it is the first saved chunk state,
 from which the backward pass recomputes. The backward walk ends with the gradient of the loss with respect
@@ -42,6 +45,7 @@ from numba import njit
 from ...errors import ConfigError
 from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, scalar_softplus_grad
 from ..cpu.threads import run_blocks, split_pairs
+from ..packing import sequence_starts
 from . import cpu_lanes
 from .common import check_real_scan, empty_scan, kernel_layout
 
@@ -68,18 +72,20 @@ def _steps(delta_row, bias_d, softplus, dt, dt_grad):
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t_sel, dpg_b, c_b_sel,
+def scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softplus, b_sel, t_sel, dpg_b, c_b_sel,
                          c_t_sel, dpg_c, chunk, first_pair, end_pair, zero, out, states, last):
     """out[b, d, t] = (<C_t, h_t> + D[d]·u) · silu(z); states[b, d, c] = h before step c·chunk; last = h_L.
 
     Runs the (batch row, channel) pairs ``first_pair <= b·dim + d < end_pair``. D, bias: (dim,) or empty
-    (absent); z: like u or empty; h0: the initial state (batch, dim, N), or empty (zeros). Bk, Ck: (batch or
-    1, groups, L or 1, N); row b·b_sel, group d // dpg_b, step t·t_sel serve (b, d, t).
+    (absent); z: like u or empty; h0: the initial state (batch, dim, N), or empty (zeros); starts: (batch, L)
+    uint8, 1 where a packed sequence starts (the state restarts from 0), or empty. Bk, Ck: (batch or 1,
+    groups, L or 1, N); row b·b_sel, group d // dpg_b, step t·t_sel serve (b, d, t).
     """
     dim, L = u.shape[1], u.shape[2]
     N = A.shape[1]
     n_chunks = (L + chunk - 1) // chunk
     has_D, has_z, has_bias, has_h0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, h0.shape[0] > 0
+    has_starts = starts.shape[0] > 0
     h = np.empty(N, dtype=u.dtype)
     dt = np.empty(L, dtype=u.dtype)
     no_grad = np.empty(0, dtype=u.dtype)
@@ -99,6 +105,8 @@ def scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t_
         for c in range(n_chunks):
             states[b, d, c, :] = h
             for t in range(c * chunk, min(L, (c + 1) * chunk)):
+                if has_starts and starts[b, t]:   # a new packed sequence: nothing carries over
+                    h[:] = zero
                 dtt = dt[t]
                 x = dtt * u_row[t]
                 tb = t * t_sel
@@ -122,12 +130,14 @@ def scan_forward_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, t_
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel, dpg_b, c_b_sel, c_t_sel,
-                          dpg_c, chunk, first_pair, end_pair, zero, states, dout, dlast,
+def scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus, b_sel, t_sel, dpg_b, c_b_sel,
+                          c_t_sel, dpg_c, chunk, first_pair, end_pair, zero, states, dout, dlast,
                           du, ddelta, dz, dh0, dA_part, dB_part, dC_part, dD_part, dbias_part):
     """Gradients of the forward kernel's (out, last) for the upstream gradients (dout, dlast).
 
-    The recomputation starts from the saved chunk states (the first one is the initial state). Runs the
+    The recomputation starts from the saved chunk states (the first one is the initial state); where a packed
+    sequence starts (``starts``, as in the forward kernel) the decay into it counts as 0, which also cuts the
+    gradient flowing back across the boundary. Runs the
     pairs ``first_pair <= b·dim + d < end_pair``: writes their du, ddelta and (with z) dz, all (batch, dim,
     L), their d(initial state) into dh0 (batch, dim, N) unless it is empty, and adds their contributions
     into dA_part (dim, N), dB_part (like Bk), dC_part (like Ck), dD_part and dbias_part ((dim,), or empty
@@ -137,6 +147,7 @@ def scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel
     dim, L = u.shape[1], u.shape[2]
     N = A.shape[1]
     has_D, has_z, has_bias, has_dh0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, dh0.shape[0] > 0
+    has_starts = starts.shape[0] > 0
     n_chunks = (L + chunk - 1) // chunk
     H = np.empty((chunk + 1, N), dtype=u.dtype)   # H[i + 1] = state after step t0 + i of the chunk walked
     E = np.empty((chunk, N), dtype=u.dtype)       # decays exp(dt_t · A) of that chunk
@@ -188,6 +199,10 @@ def scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, softplus, b_sel, t_sel
                     e = scalar_exp(dtt * Ad[n])
                     E[i, n] = e
                     H[i + 1, n] = e * H[i, n] + x * Bs[tb, n]
+                if has_starts and starts[b, t]:
+                    for n in range(N):
+                        E[i, n] = zero
+                        H[i + 1, n] = x * Bs[tb, n]
                 if has_z:
                     tc = t * c_t_sel
                     acc = zero
@@ -273,7 +288,7 @@ class FusedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index, initial_state=None,
-                lanes=False):
+                lanes=False, starts=None):
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = CHUNK
@@ -281,8 +296,9 @@ class FusedScan(torch.autograd.Function):
         states = torch.empty(batch, dim, -(-L // chunk), N, dtype=u.dtype)
         last = torch.empty(batch, dim, N, dtype=u.dtype)
         arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
+        starts_np = np.empty((0, 0), dtype=np.uint8) if starts is None else starts.numpy()
         options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1),
-                   _or_empty(initial_state, u, 3), softplus]
+                   _or_empty(initial_state, u, 3), starts_np, softplus]
         zero = arrays[0].dtype.type(0)
         outs = [t.numpy() for t in (out, states, last)]
         work = batch * dim * L * N
@@ -302,7 +318,7 @@ class FusedScan(torch.autograd.Function):
 
             run_blocks(block, *split_pairs(batch * dim, work))
         # No need to keep initial_state: it is states[:, :, 0], where the backward pass recomputes from.
-        ctx.save_for_backward(u, delta, A, Bk, Ck, D, z, delta_bias, states)
+        ctx.save_for_backward(u, delta, A, Bk, Ck, D, z, delta_bias, states, starts)
         ctx.softplus, ctx.b_index, ctx.c_index, ctx.chunk = softplus, b_index, c_index, chunk
         ctx.has_initial_state = initial_state is not None
         return out, last
@@ -310,7 +326,7 @@ class FusedScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
-        u, delta, A, Bk, Ck, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, Bk, Ck, D, z, delta_bias, states, starts = ctx.saved_tensors
         batch, dim, L = u.shape
         N = A.shape[1]
         dout = torch.zeros_like(u) if dout is None else dout.contiguous().to(u.dtype)
@@ -327,7 +343,9 @@ class FusedScan(torch.autograd.Function):
         dD_part = torch.zeros((workers, dim if D is not None else 0), dtype=u.dtype)
         dbias_part = torch.zeros((workers, dim if delta_bias is not None else 0), dtype=u.dtype)
         arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
-        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), ctx.softplus]
+        starts_np = np.empty((0, 0), dtype=np.uint8) if starts is None else starts.numpy()
+        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), starts_np,
+                   ctx.softplus]
         zero = arrays[0].dtype.type(0)
         grads = [t.numpy() for t in (states, dout, dlast, du, ddelta)] + [_or_empty(dz, u, 3),
                                                                           _or_empty(dh0, u, 3)]
@@ -341,7 +359,7 @@ class FusedScan(torch.autograd.Function):
         dD = dD_part.sum(0) if D is not None else None
         dbias = dbias_part.sum(0) if delta_bias is not None else None
         return (du, ddelta, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0), dD, dz, dbias,
-                None, None, None, dh0, None)
+                None, None, None, dh0, None, None)
 
 
 def selective_scan_cpu(
@@ -357,6 +375,7 @@ def selective_scan_cpu(
     return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
     forward_kernel: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fused CPU selective scan; arguments, results and gradients as :func:`selective_scan_ref`.
@@ -364,7 +383,8 @@ def selective_scan_cpu(
     Args:
         u, delta, z: (batch, dim, L) on the CPU; A: real (dim, N); B, C: (dim, N), (batch, N, L) or
         (batch, groups, N, L); D, delta_bias: (dim,); initial_state: (batch, dim, N) state to start from
-        (default zeros). Complex A raises DTypeError (``selective_scan`` hands it to ``ref``). bfloat16 /
+        (default zeros); seq_idx: (batch, L) ids of packed sequences (the state restarts where one
+        starts). Complex A raises DTypeError (``selective_scan`` hands it to ``ref``). bfloat16 /
         float16 inputs are computed in float32.
         forward_kernel: which kernel runs the forward pass (the backward kernel is the same for both):
             ``"lanes"``, vectorised across channels (:mod:`.cpu_lanes`; float32 with B and C both
@@ -382,7 +402,7 @@ def selective_scan_cpu(
     if forward_kernel not in FORWARD_KERNELS:
         raise ConfigError(f"forward_kernel: expected one of {list(FORWARD_KERNELS)}, got {forward_kernel!r}")
     dtype = check_real_scan("cpu", u, delta, A, B, C, D, z, delta_bias, device_type="cpu",
-                            initial_state=initial_state)
+                            initial_state=initial_state, seq_idx=seq_idx)
     dim, L = u.shape[1], u.shape[2]
     if L == 0:
         out, last = empty_scan(u, delta, A, B, C, D, z, delta_bias, dtype=dtype, initial_state=initial_state)
@@ -397,8 +417,9 @@ def selective_scan_cpu(
         if forward_kernel == "lanes" and not lanes_apply:
             raise ConfigError("forward_kernel: 'lanes' runs float32 with input-dependent B and C only; "
                               "use 'auto' or 'channels'")
+        starts = None if seq_idx is None else sequence_starts(seq_idx).to(torch.uint8).contiguous()
         out, last = FusedScan.apply(prep(u), prep(delta), prep(A), Bk, Ck, prep(D), prep(z),
                                     prep(delta_bias), bool(delta_softplus), b_index, c_index,
-                                    prep(initial_state), lanes_apply and forward_kernel != "channels")
+                                    prep(initial_state), lanes_apply and forward_kernel != "channels", starts)
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

@@ -103,13 +103,14 @@ def _load_states(h, h0, b, d0, width, zero):
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_sel, dpg_b, c_b_sel, dpg_c,
-                               chunk, lanes, blocks, first_block, end_block, zero, out, states, last):
+def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softplus, b_sel, dpg_b, c_b_sel,
+                               dpg_c, chunk, lanes, blocks, first_block, end_block, zero, out, states, last):
     """The per-channel forward kernel's (out, states, last) for the blocks ``first_block <= i < end_block``
     of ``blocks`` (rows (b, d0, d1) from :func:`lane_blocks`, at most ``lanes`` channels each).
 
     u, delta: (batch, dim, L); D, bias: (dim,) or empty (absent); z: like u or empty; h0: the initial state
-    (batch, dim, N), or empty (zeros). Bk, Ck: (batch or 1, groups, L, N); row b·b_sel, group d // dpg_b
+    (batch, dim, N), or empty (zeros); starts: (batch, L) uint8, 1 where a packed sequence starts, or empty.
+    Bk, Ck: (batch or 1, groups, L, N); row b·b_sel, group d // dpg_b
     serve (b, d). out: like u; states: (batch, dim, ceil(L / chunk), N), the state before each chunk; last:
     (batch, dim, N).
     """
@@ -117,6 +118,7 @@ def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_s
     N = A.shape[1]
     n_chunks = (L + chunk - 1) // chunk
     has_D, has_z, has_bias, has_h0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, h0.shape[0] > 0
+    has_starts = starts.shape[0] > 0
     h = np.empty((N, lanes), dtype=u.dtype)        # the block's states, one row per state index n
     A_tile = np.empty((N, lanes), dtype=u.dtype)   # A·log2(e), transposed to the same layout
     dt_tile = np.empty((chunk, lanes), dtype=u.dtype)
@@ -155,6 +157,8 @@ def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, softplus, b_s
                     x_tile[t, w] = rows[w, t] * u_row[t0 + t]
             for t in range(T):
                 tb = t0 + t
+                if has_starts and starts[b, tb]:   # a new packed sequence: nothing carries over
+                    h[:, :] = zero
                 for w in range(lanes):
                     y_tile[t, w] = zero
                 for n in range(N):

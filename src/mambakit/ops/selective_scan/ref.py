@@ -8,6 +8,8 @@ For every batch row b and channel d, with a state h of size N (Mamba paper, Algo
     out  = y · silu(z)                              (gate optional)
 
 with h_{-1} = 0, or the given ``initial_state`` (a state carried over from an earlier part of the sequence).
+With ``seq_idx`` (packed sequences, :mod:`mambakit.ops.packing`), h restarts from 0 wherever a new sequence
+starts.
 
 Layouts follow the official implementation: u, delta, z are (batch, dim, L); A is (dim, N); B and C are
 time-invariant (dim, N), input-dependent (batch, N, L), or grouped (batch, groups, N, L). For complex A,
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor, compute_dtype
 from ...errors import DTypeError, ShapeError
+from ..packing import sequence_starts
 from .common import check_scan_args
 
 
@@ -60,6 +63,7 @@ def selective_scan_ref(
     return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference selective scan: a readable loop over time, exact in float64.
 
@@ -76,12 +80,15 @@ def selective_scan_ref(
         initial_state: optional (batch, dim, N) state h_{-1} to start from (default zeros), complex exactly
             when A is complex: scanning x from the last state of a scan over a prefix equals scanning the
             concatenation [prefix, x]. Differentiable.
+        seq_idx: optional (batch, L) integer ids of packed sequences: where the id changes, the state
+            restarts from zero, so a packed row equals its sequences scanned alone (``initial_state`` is
+            the first sequence's; the last state is the last sequence's).
 
     Returns:
         out (batch, dim, L) in u's dtype; with ``return_last_state``, ``(out, last_state)`` where
         ``last_state`` is float32/float64 (complex for complex A).
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx)
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, L = u.shape
     complex_A = A.is_complex()
@@ -100,8 +107,11 @@ def selective_scan_ref(
         h = torch.zeros(batch, dim, A.shape[1], dtype=Af.dtype, device=u.device)
     else:  # a copy: for L = 0 the state returned must not be the caller's tensor
         h = initial_state.to(Af.dtype, copy=True)
+    starts = None if seq_idx is None else sequence_starts(seq_idx)
     ys = []
     for t in range(L):
+        if starts is not None:                                     # a new sequence forgets the old state
+            h = torch.where(starts[:, t, None, None], torch.zeros_like(h), h)
         dt_t = dt[:, :, t, None]                                   # (batch, dim, 1)
         B_t = Bf if Bf.dim() == 2 else Bf[..., t]                  # (dim, N) or (batch, dim, N)
         C_t = Cf if Cf.dim() == 2 else Cf[..., t]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import ConfigError
+from .chunked import _chunked_core
 from .common import kernel_core, run_real_scan
 
 try:
@@ -189,6 +190,7 @@ def selective_scan_triton(
     return_last_state: bool = False,
     *,
     initial_state: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fused Triton selective scan; arguments, results and gradients as :func:`selective_scan_ref`.
 
@@ -196,6 +198,8 @@ def selective_scan_triton(
         u, delta, z: (batch, dim, L) on a CUDA device (any device under the Triton interpreter); A: real
         (dim, N); B, C: (dim, N), (batch, N, L) or (batch, groups, N, L); D, delta_bias: (dim,);
         initial_state: (batch, dim, N) state to start from (default zeros).
+        seq_idx: (batch, L) ids of packed sequences. The Triton kernels do not take sequence starts (yet):
+            packed calls run the chunked torch core on the same device instead, with the same results.
 
     Raises:
         ConfigError: Triton is not installed.
@@ -203,5 +207,6 @@ def selective_scan_triton(
     if triton is None:
         raise ConfigError("backend: 'triton' needs the triton package (pip install triton), which is not "
                           "installed; use backend='auto', 'chunked' or 'cpu'")
-    return run_real_scan(_triton_core, "triton", u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                         return_last_state, initial_state=initial_state)
+    core = _triton_core if seq_idx is None else _chunked_core
+    return run_real_scan(core, "triton", u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                         return_last_state, initial_state=initial_state, seq_idx=seq_idx)
