@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model-name", help="the model id clients send (default: the checkpoint folder's name)")
     p.add_argument("--tokenizer", metavar="SPEC", help="'byte' or a tokenizer.json (default: saved)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="weights of the large matrices (as `mambakit generate --dtype`; default fp32)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--engine-thread", action="store_true",
                    help="run the scheduler on a thread of its own rather than between the HTTP loop's work "

@@ -297,4 +297,7 @@ class MambaLMHeadModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike, format: str = "mambakit") -> None:
         """Write ``config.json`` and ``model.safetensors``: ``format="mambakit"`` (state-spaces layout) or
         ``"hf"`` (transformers ``MambaForCausalLM``); see :mod:`.pretrained`."""
+        if getattr(self, "quantized_weights", None) is not None:
+            raise ConfigError(f"save_pretrained: this model holds {self.quantized_weights} inference weights "
+                              "(quantize_weights); save the float model it was made from")
         pretrained.save_pretrained(self, path, format=format)

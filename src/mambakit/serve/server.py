@@ -32,6 +32,7 @@ class ServeConfig:
     model_name: str | None = None
     tokenizer: str | None = None
     device: str = "auto"
+    dtype: str = "fp32"
     threads: int | None = None
     engine_thread: bool = False
 
@@ -50,7 +51,7 @@ def _load(config: ServeConfig, state: ServerState, directory) -> None:
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    model, directory = load_model(config.checkpoint, config.device)
+    model, directory = load_model(config.checkpoint, config.device, config.dtype)
     tokenizer = load_tokenizer(directory, config.tokenizer, model.config.vocab_size)
     state.tokenizer = tokenizer
     state.template = load_chat_template(directory)
