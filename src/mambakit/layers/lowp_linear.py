@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from ..ops.linear import WEIGHT_DTYPES, dequantize, linear_lowp, quantize_int8
 
 
@@ -47,7 +47,20 @@ class LowPrecisionLinear(nn.Module):
         return dequantize(self.weight, self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear_lowp(x, self.weight, self.scales, self.bias)
+        """x (..., in_features) -> (..., out_features) in x's dtype."""
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"x: expected last dimension in_features={self.in_features}, got shape "
+                             f"{tuple(x.shape)}")
+        if x.device.type == "cpu" and self.weight.device.type == "cpu":
+            from ..ops.linear import cpu
+
+            if cpu.kernel_applies(x, self.weight):  # decoding: the kernel, on arrays made once
+                key = (self.weight.data_ptr(), self.weight._version)
+                if getattr(self, "_arrays_key", None) != key:
+                    self._arrays = cpu.kernel_arrays(self.weight, self.scales, self.bias)
+                    self._arrays_key = key
+                return cpu.run_kernel(x, *self._arrays)
+        return linear_lowp(x, self.weight, self.scales, self.bias, backend="ref")
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, weights={self.weights}, "

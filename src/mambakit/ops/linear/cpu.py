@@ -54,29 +54,40 @@ def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.device.type == "cpu" and weight.device.type == "cpu" and rows <= MAX_ROWS and not needs_grad
 
 
+def kernel_arrays(weight: torch.Tensor, scales: torch.Tensor | None,
+                  bias: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The kernel's views of a weight (uint16 bits for bf16, int8), its scales and bias (float32; empty
+    when absent). A layer computes them once and passes them to :func:`run_kernel` at every call."""
+    w = weight.detach().contiguous()
+    w_np = w.view(torch.int16).numpy().view(np.uint16) if w.dtype == torch.bfloat16 else w.numpy()
+    s_np = None if scales is None else scales.detach().float().contiguous().numpy()
+    b_np = np.empty(0, np.float32) if bias is None else bias.detach().float().contiguous().numpy()
+    return w_np, s_np, b_np
+
+
+def run_kernel(x: torch.Tensor, w_np: np.ndarray, s_np: np.ndarray | None, b_np: np.ndarray) -> torch.Tensor:
+    """x (..., in) on the CPU -> (..., out) in x's dtype, with arrays from :func:`kernel_arrays`; the
+    arguments are not checked again."""
+    lead, K = x.shape[:-1], x.shape[-1]
+    N = w_np.shape[0]
+    xs = x.detach().reshape(-1, K).to(torch.float32).contiguous()
+    out = torch.empty(xs.shape[0], N, dtype=torch.float32)
+    xs_np, out_np = xs.numpy(), out.numpy()
+    if s_np is None:
+        def block(_, first, end):
+            _rows_bf16(xs_np, w_np, b_np, first, end, out_np)
+    else:
+        def block(_, first, end):
+            _rows_int8(xs_np, w_np, s_np, b_np, first, end, out_np)
+
+    run_blocks(block, *split_pairs(N, xs.shape[0] * N * K))
+    return out.reshape(*lead, N).to(x.dtype)
+
+
 def linear_lowp_cpu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """As :func:`~.ref.linear_lowp_ref` (float32 arithmetic; result in x's dtype), for CPU tensors."""
     check_lowp_args(x, weight, scales, bias)
     if x.device.type != "cpu" or weight.device.type != "cpu":
         raise DeviceError(f"x: the fused low-precision linear runs on the CPU, got {x.device}")
-    lead, K = x.shape[:-1], x.shape[-1]
-    N = weight.shape[0]
-    xs = x.detach().reshape(-1, K).to(torch.float32).contiguous()
-    out = torch.empty(xs.shape[0], N, dtype=torch.float32)
-    b = np.empty(0, np.float32) if bias is None else bias.detach().float().contiguous().numpy()
-    xs_np, out_np = xs.numpy(), out.numpy()
-    if weight.dtype == torch.bfloat16:
-        w_np = weight.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
-
-        def block(_, first, end):
-            _rows_bf16(xs_np, w_np, b, first, end, out_np)
-    else:
-        w_np = weight.detach().contiguous().numpy()
-        s_np = scales.detach().float().contiguous().numpy()
-
-        def block(_, first, end):
-            _rows_int8(xs_np, w_np, s_np, b, first, end, out_np)
-
-    run_blocks(block, *split_pairs(N, xs.shape[0] * N * K))
-    return out.reshape(*lead, N).to(x.dtype)
+    return run_kernel(x, *kernel_arrays(weight, scales, bias))
