@@ -49,3 +49,17 @@ def mambakit_to_hf(hf_cls, mk: MambaLMHeadModel, tmp_path, seed: int = 2):
     perturb_(mk, seed)
     mk.eval().save_pretrained(tmp_path, format="hf")
     return hf_cls.from_pretrained(tmp_path).eval()
+
+
+@torch.no_grad()
+def cached_equals_full(mk: MambaLMHeadModel, vocab: int, length: int = 19, prefix: int = 7) -> float:
+    """A prefill of ``prefix`` tokens then one step a token give the full-sequence logits (asserted <= TOL);
+    returns the max abs difference."""
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(5))
+    full = mk(ids)
+    cache = mk.allocate_inference_cache(2)
+    start = mk(ids[:, :prefix], state=cache)
+    stepped = torch.stack([mk.step(ids[:, t], cache) for t in range(prefix, length)], 1)
+    diff = float((torch.cat([start, stepped], 1) - full).abs().max())
+    assert diff <= TOL, diff
+    return diff
