@@ -4,6 +4,7 @@ mambakit writes loads back in transformers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mambakit import MambaLMHeadModel
@@ -63,3 +64,29 @@ def cached_equals_full(mk: MambaLMHeadModel, vocab: int, length: int = 19, prefi
     diff = float((torch.cat([start, stepped], 1) - full).abs().max())
     assert diff <= TOL, diff
     return diff
+
+
+def export_matches(hf_cls, hf_config, tmp_path, vocab: int):
+    """A checkpoint loaded by mambakit, perturbed and exported, loads in transformers with the same logits
+    and generations, and back in mambakit with the same config; returns (transformers model, mambakit
+    model)."""
+    _, mk = hf_to_mambakit(hf_cls, hf_config, tmp_path / "a")
+    hf = mambakit_to_hf(hf_cls, mk, tmp_path / "b")
+    compare(hf, mk, vocab)
+    assert MambaLMHeadModel.from_pretrained(tmp_path / "b").config == mk.config
+    return hf, mk
+
+
+def refuses(tmp_path, hf_model, changes: list[tuple[str, object]], typo: tuple[str, str]) -> None:
+    """``hf_model`` saved, then each (key, value) written into its config.json makes loading raise
+    CheckpointError naming the key; ``typo`` (a misspelt key, the key it is taken for) names the latter."""
+    import json
+
+    from mambakit.errors import CheckpointError
+
+    hf_model.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for key, value in [*changes, (typo[0], 1.0)]:
+        (tmp_path / "config.json").write_text(json.dumps({**raw, key: value}))
+        with pytest.raises(CheckpointError, match=typo[1] if key == typo[0] else key):
+            MambaLMHeadModel.from_pretrained(tmp_path)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ...errors import ConfigError
-from . import bamba, granite, jamba, nemotron_h
+from . import bamba, falcon_h1, granite, jamba, nemotron_h
 
-FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bamba, granite, jamba, nemotron_h)}
+FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bamba, falcon_h1, granite, jamba, nemotron_h)}
 
 
 def family(model_type: str | None, field: str = "MambaConfig.hf_model_type") -> ModuleType:
