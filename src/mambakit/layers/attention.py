@@ -24,7 +24,7 @@ from .._checks import check_int, check_shape, check_tensor
 from ..errors import ConfigError
 
 _OPTIONS = ("n_heads", "n_kv_heads", "head_dim", "rope_base", "rotary_dim", "sliding_window", "softmax_scale",
-            "bias", "cache_len")
+            "bias", "cache_len", "d_out")
 
 
 def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
@@ -66,6 +66,8 @@ class CausalSelfAttention(nn.Module):
         softmax_scale: factor of q·k (default 1/sqrt(head_dim)).
         bias: biases in the input and output projections.
         cache_len: initial capacity (positions) of the key-value cache made by :meth:`allocate_state`.
+        d_out: width of the output (default d_model; Zamba's shared attention reads 2 · d_model channels and
+            writes d_model).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class CausalSelfAttention(nn.Module):
         softmax_scale: float | None = None,
         bias: bool = False,
         cache_len: int = 256,
+        d_out: int | None = None,
         layer_idx: int | None = None,
         device=None,
         dtype=None,
@@ -119,7 +122,8 @@ class CausalSelfAttention(nn.Module):
         self.cache_len = cache_len
         self.layer_idx = layer_idx
         self.in_proj = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias, **factory)
-        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias, **factory)
+        self.d_out = d_model if d_out is None else check_int("d_out", d_out)
+        self.out_proj = nn.Linear(n_heads * head_dim, self.d_out, bias=bias, **factory)
 
     @classmethod
     def from_config(cls, config, layer_idx: int, device=None, dtype=None) -> CausalSelfAttention:
@@ -155,11 +159,14 @@ class CausalSelfAttention(nn.Module):
                         "(batch, n_kv_heads, capacity, head_dim)")
 
     # -------------------------------------------------------------------------------------------- pieces
-    def _qkv(self, hidden_states: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, hidden_states: Tensor, start: int,
+             qkv_delta: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(batch, L, d_model) -> q (batch, n_heads, L, head_dim), k and v (batch, n_kv_heads, L, head_dim),
-        q and k turned for positions start .. start + L - 1."""
+        q and k turned for positions start .. start + L - 1; ``qkv_delta`` is added to in_proj's output."""
         b, L, _ = hidden_states.shape
         qkv = self.in_proj(hidden_states)
+        if qkv_delta is not None:
+            qkv = qkv + qkv_delta
         kv = self.n_kv_heads * self.head_dim
         sizes = [self.n_heads * self.head_dim, kv, kv]
         q, k, v = (t.view(b, L, -1, self.head_dim).transpose(1, 2) for t in torch.split(qkv, sizes, dim=-1))
@@ -215,18 +222,20 @@ class CausalSelfAttention(nn.Module):
         return state["key_cache"][:, :, : start + L], state["value_cache"][:, :, : start + L], start
 
     # ------------------------------------------------------------------------------------------- protocol
-    def forward(self, hidden_states: Tensor, state: dict[str, Tensor] | None = None) -> Tensor:
-        """hidden_states (batch, L, d_model) -> (batch, L, d_model).
+    def forward(self, hidden_states: Tensor, state: dict[str, Tensor] | None = None, *,
+                qkv_delta: Tensor | None = None) -> Tensor:
+        """hidden_states (batch, L, d_model) -> (batch, L, d_out); ``qkv_delta`` (batch, L, in_proj's width),
+        if given, is added to the [q | k | v] projection (a low-rank adapter's output).
 
         With ``state`` (from :meth:`allocate_state`, or left by an earlier call), the sequence continues the
         cached one (an empty cache: a fresh prompt): its queries also see the cached keys, and on return the
         cache holds its keys and values too, ready for :meth:`step` or another ``forward``."""
         self._check_hidden(hidden_states, 3)
         if state is None:
-            q, k, v = self._qkv(hidden_states, 0)
+            q, k, v = self._qkv(hidden_states, 0, qkv_delta)
             return self._attend(q, k, v, 0)
         self._check_state(state, hidden_states.shape[0])
-        q, k, v = self._qkv(hidden_states, int(state["length"]))
+        q, k, v = self._qkv(hidden_states, int(state["length"]), qkv_delta)
         keys, values, start = self._append(state, k, v)
         return self._attend(q, keys, values, start)
 
@@ -244,11 +253,13 @@ class CausalSelfAttention(nn.Module):
             "length": torch.zeros((), device=device, dtype=torch.long),
         }
 
-    def step(self, hidden_states: Tensor, state: dict[str, Tensor]) -> Tensor:
-        """One token: hidden_states (batch, d_model) -> (batch, d_model); appends its key and value to the
+    def step(self, hidden_states: Tensor, state: dict[str, Tensor], *,
+             qkv_delta: Tensor | None = None) -> Tensor:
+        """One token: hidden_states (batch, d_model) -> (batch, d_out); appends its key and value to the
         cache (O(t) work for the t-th token: it attends to all of them, or to the sliding window)."""
         self._check_hidden(hidden_states, 2)
-        return self.forward(hidden_states[:, None], state)[:, 0]
+        delta = None if qkv_delta is None else qkv_delta[:, None]
+        return self.forward(hidden_states[:, None], state, qkv_delta=delta)[:, 0]
 
     def extra_repr(self) -> str:
         window = f", sliding_window={self.sliding_window}" if self.sliding_window else ""
