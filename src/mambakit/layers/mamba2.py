@@ -226,11 +226,13 @@ class Mamba2Block(nn.Module):
         """
         check_int("batch_size", batch_size)
         device = self.in_proj.weight.device if device is None else device
+        # in_proj's precision, as mamba_ssm; float32 where in_proj holds low-precision inference weights
+        ssm_dtype = self.in_proj.weight.dtype if isinstance(self.in_proj, nn.Linear) else torch.float32
         return {
             "conv_state": torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device,
                                       dtype=dtype or self.conv1d.weight.dtype),
             "ssm_state": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                                     dtype=dtype or self.in_proj.weight.dtype),
+                                     dtype=dtype or ssm_dtype),
         }
 
     def step(self, hidden_states: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:

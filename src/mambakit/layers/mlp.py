@@ -93,8 +93,10 @@ class GatedMLP(StatelessMixer):
                               "['activation', 'bias', 'd_intermediate', 'gated']")
         return cls(config.d_model, **options, layer_idx=layer_idx, device=device, dtype=dtype)
 
-    def forward(self, hidden_states: Tensor, state: dict | None = None) -> Tensor:
-        """hidden_states (..., d_model) -> (..., d_model); ``state`` (stateless: {}) is ignored."""
+    def forward(self, hidden_states: Tensor, state: dict | None = None,
+                seq_idx: Tensor | None = None) -> Tensor:
+        """hidden_states (..., d_model) -> (..., d_model); ``state`` (stateless: {}) and ``seq_idx`` (each
+        position on its own: packing changes nothing) are ignored."""
         check_tensor("hidden_states", hidden_states)
         if hidden_states.shape[-1] != self.d_model:
             raise ShapeError(f"hidden_states: expected last dimension d_model={self.d_model}, "

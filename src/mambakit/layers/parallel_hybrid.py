@@ -70,11 +70,14 @@ class ParallelAttentionMamba2(nn.Module):
         return cls(config.d_model, attention, {**config.shared_block_options, **mamba2},
                    layer_idx=layer_idx, device=device, dtype=dtype)
 
-    def forward(self, hidden_states: Tensor, state: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, hidden_states: Tensor, state: dict[str, Tensor] | None = None,
+                seq_idx: Tensor | None = None) -> Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model); with ``state`` both branches continue
-        from it and leave it holding their states after the last position."""
+        from it and leave it holding their states after the last position; ``seq_idx`` (batch, L): packed
+        sequences, each on its own in both branches."""
         check_tensor("hidden_states", hidden_states, ndim=3)
-        return self.attention(hidden_states, state=state) + self.mamba(hidden_states, state=state)
+        return (self.attention(hidden_states, state=state, seq_idx=seq_idx)
+                + self.mamba(hidden_states, state=state, seq_idx=seq_idx))
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, Tensor]:
         """Both branches' zero states in one dict: conv_state, ssm_state, key_cache, value_cache, length."""

@@ -118,7 +118,8 @@ class SharedTransformer(nn.Module):
         """Whether a use precedes layer ``layer``."""
         return layer in self._use_of
 
-    def _run(self, layer: int, hidden: Tensor, embeddings: Tensor, state: dict | None, one: bool) -> Tensor:
+    def _run(self, layer: int, hidden: Tensor, embeddings: Tensor, state: dict | None, one: bool,
+             seq_idx: Tensor | None = None) -> Tensor:
         j = self._use_of[layer]
         block, use = self.blocks[j % self.n_blocks], self.uses[j]
         x = block.norm_in(torch.cat([hidden, embeddings], dim=-1).to(block.norm_in.weight.dtype))
@@ -126,17 +127,19 @@ class SharedTransformer(nn.Module):
         if one:
             a = block.attention.step(x, state, qkv_delta=delta)
         else:
-            a = block.attention(x, state=state, qkv_delta=delta)
+            a = block.attention(x, state=state, seq_idx=seq_idx, qkv_delta=delta)
         y = block.norm_ff(a)
         h = block.mlp.fc1(y)
         if use.fc1_adapter is not None:
             h = h + use.fc1_adapter(y)
         return use.linear(block.mlp.fc2(block.mlp.combine(h)))
 
-    def forward(self, layer: int, hidden: Tensor, embeddings: Tensor, state: dict | None = None) -> Tensor:
+    def forward(self, layer: int, hidden: Tensor, embeddings: Tensor, state: dict | None = None,
+                seq_idx: Tensor | None = None) -> Tensor:
         """The term of layer ``layer``: hidden and embeddings (batch, L, d_model) -> (batch, L, d_model);
-        with ``state`` (this use's key-value cache) the attention continues it."""
-        return self._run(layer, hidden, embeddings, state, one=False)
+        with ``state`` (this use's key-value cache) the attention continues it; ``seq_idx`` (batch, L):
+        packed sequences, each attending to itself only."""
+        return self._run(layer, hidden, embeddings, state, one=False, seq_idx=seq_idx)
 
     def step(self, layer: int, hidden: Tensor, embeddings: Tensor, state: dict) -> Tensor:
         """One token: (batch, d_model) each -> (batch, d_model); appends to the use's cache."""

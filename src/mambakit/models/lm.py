@@ -68,13 +68,13 @@ class MixerModel(nn.Module):
         return hidden if self.embedding_multiplier == 1 else hidden * self.embedding_multiplier
 
     def _norm_input(self, i: int, residual: torch.Tensor, embeddings: torch.Tensor, state,
-                    one: bool = False) -> torch.Tensor:
+                    one: bool = False, **packing) -> torch.Tensor:
         """Layer i's norm input: the residual, plus the shared block's term where a use precedes layer i."""
         if self.shared is None or not self.shared.uses_at(i):
             return residual
         if one:
             return residual + self.shared.step(i, residual, embeddings, state)
-        return residual + self.shared(i, residual, embeddings, state)
+        return residual + self.shared(i, residual, embeddings, state, **packing)
 
     def _add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         if self.residual_in_fp32:  # float32 (float64 stays float64), whatever the layers' precision
@@ -91,7 +91,7 @@ class MixerModel(nn.Module):
         residual = embeddings = self._embed(input_ids)
         for i, layer in enumerate(self.layers):
             layer_state = None if state is None else state[i]
-            hidden = self._norm_input(i, residual, embeddings, layer_state)
+            hidden = self._norm_input(i, residual, embeddings, layer_state, **packing)
             hidden = layer.norm(hidden.to(layer.norm.weight.dtype))
             update = layer.mixer(hidden, state=layer_state, **packing)
             residual = self._add(residual, update)
@@ -99,13 +99,11 @@ class MixerModel(nn.Module):
 
     def check_packing(self) -> None:
         """Raise ConfigError unless every layer's mixer takes packed sequences (``seq_idx``)."""
-        if self.shared is not None:
-            raise ConfigError("seq_idx: the shared transformer blocks (MambaConfig.shared_cfg) do not take "
-                              "packed or padded sequences")
         for i, layer in enumerate(self.layers):
             if "seq_idx" not in inspect.signature(layer.mixer.forward).parameters:
                 raise ConfigError(f"seq_idx: layer {i}'s mixer ({type(layer.mixer).__name__}) does not take "
-                                  "packed or padded sequences; the Mamba, Mamba-2 and Mamba-3 blocks do")
+                                  "packed or padded sequences (Mamba, Mamba-2, Mamba-3, attention, MLP and "
+                                  "MoE layers do)")
 
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """input_ids (batch,) -> hidden states (batch, d_model); advances every layer's state by one token."""
@@ -315,4 +313,7 @@ class MambaLMHeadModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike, format: str = "mambakit") -> None:
         """Write ``config.json`` and ``model.safetensors``: ``format="mambakit"`` (state-spaces layout) or
         ``"hf"`` (transformers ``MambaForCausalLM``); see :mod:`.pretrained`."""
+        if getattr(self, "quantized_weights", None) is not None:
+            raise ConfigError(f"save_pretrained: this model holds {self.quantized_weights} inference weights "
+                              "(quantize_weights); save the float model it was made from")
         pretrained.save_pretrained(self, path, format=format)
