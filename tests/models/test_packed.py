@@ -11,7 +11,7 @@ from mambakit.errors import ConfigError, ShapeError
 from mambakit.layers import CausalSelfAttention, Mamba2Block, MambaBlock
 
 VOCAB = 31
-KINDS = ["mamba", "mamba2", "mamba3", "mamba3-mimo", "hybrid"]
+KINDS = ["mamba", "mamba2", "mamba3", "mamba3-mimo", "hybrid", "parallel", "shared"]
 
 
 def _model(kind: str, dtype=torch.float32) -> MambaLMHeadModel:
@@ -25,6 +25,18 @@ def _model(kind: str, dtype=torch.float32) -> MambaLMHeadModel:
             layer_cfg={"attention": {"n_heads": 4, "n_kv_heads": 2, "rotary_dim": 2, "sliding_window": 7},
                        "mlp": {"d_intermediate": 24},
                        "moe": {"n_experts": 3, "top_k": 2, "d_intermediate": 8}})
+    elif kind == "parallel":  # Falcon-H1's attention beside Mamba-2, an inner width of its own
+        config = MambaConfig(
+            d_model=16, n_layer=4, vocab_size=VOCAB, d_state=8, mixer="parallel_hybrid",
+            mixer_cfg={"attention": {"n_heads": 4, "n_kv_heads": 2},
+                       "mamba2": {"headdim": 4, "ngroups": 2, "chunk_size": 4, "d_inner": 24}},
+            layer_types=["parallel_hybrid", "mlp"] * 2, layer_cfg={"mlp": {"d_intermediate": 24}})
+    elif kind == "shared":  # Zamba2's shared block, used twice, with adapters
+        config = MambaConfig(
+            d_model=16, n_layer=4, vocab_size=VOCAB, d_state=8, mixer="mamba2",
+            mixer_cfg={"headdim": 4, "ngroups": 2, "chunk_size": 4}, layer_types=["mamba2"] * 4,
+            shared_cfg={"layers": [1, 3], "attention": {"n_heads": 4}, "mlp": {"d_intermediate": 24},
+                        "adapter_rank": 2, "attention_adapters": True})
     elif kind.startswith("mamba3"):
         config = MambaConfig(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=8, mixer="mamba3",
                              mixer_cfg={"headdim": 8, "chunk_size": 4, "is_mimo": kind.endswith("mimo"),

@@ -28,7 +28,7 @@ from .._checks import check_int, check_shape, check_tensor
 from ..errors import ConfigError
 
 _OPTIONS = ("n_heads", "n_kv_heads", "head_dim", "rope_base", "rotary_dim", "sliding_window", "softmax_scale",
-            "bias", "cache_len")
+            "bias", "cache_len", "d_out")
 
 
 def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
@@ -70,6 +70,8 @@ class CausalSelfAttention(nn.Module):
         softmax_scale: factor of q·k (default 1/sqrt(head_dim)).
         bias: biases in the input and output projections.
         cache_len: initial capacity (positions) of the key-value cache made by :meth:`allocate_state`.
+        d_out: width of the output (default d_model; Zamba's shared attention reads 2 · d_model channels and
+            writes d_model).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class CausalSelfAttention(nn.Module):
         softmax_scale: float | None = None,
         bias: bool = False,
         cache_len: int = 256,
+        d_out: int | None = None,
         layer_idx: int | None = None,
         device=None,
         dtype=None,
@@ -123,7 +126,8 @@ class CausalSelfAttention(nn.Module):
         self.cache_len = cache_len
         self.layer_idx = layer_idx
         self.in_proj = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias, **factory)
-        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias, **factory)
+        self.d_out = d_model if d_out is None else check_int("d_out", d_out)
+        self.out_proj = nn.Linear(n_heads * head_dim, self.d_out, bias=bias, **factory)
 
     @classmethod
     def from_config(cls, config, layer_idx: int, device=None, dtype=None) -> CausalSelfAttention:
@@ -160,11 +164,15 @@ class CausalSelfAttention(nn.Module):
         check_shape("state['first_key']", state["first_key"], (batch,), "(batch,)")
 
     # -------------------------------------------------------------------------------------------- pieces
-    def _qkv(self, hidden_states: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, hidden_states: Tensor, positions: Tensor,
+             qkv_delta: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(batch, L, d_model) -> q (batch, n_heads, L, head_dim), k and v (batch, n_kv_heads, L, head_dim),
-        q and k turned for ``positions``: (L,) shared by the rows, or (batch, L)."""
+        q and k turned for ``positions``: (L,) shared by the rows, or (batch, L); ``qkv_delta`` is added to
+        in_proj's output."""
         b, L, _ = hidden_states.shape
         qkv = self.in_proj(hidden_states)
+        if qkv_delta is not None:
+            qkv = qkv + qkv_delta
         kv = self.n_kv_heads * self.head_dim
         sizes = [self.n_heads * self.head_dim, kv, kv]
         q, k, v = (t.view(b, L, -1, self.head_dim).transpose(1, 2) for t in torch.split(qkv, sizes, dim=-1))
@@ -251,8 +259,9 @@ class CausalSelfAttention(nn.Module):
 
     # ------------------------------------------------------------------------------------------- protocol
     def forward(self, hidden_states: Tensor, state: dict[str, Tensor] | None = None,
-                seq_idx: Tensor | None = None) -> Tensor:
-        """hidden_states (batch, L, d_model) -> (batch, L, d_model).
+                seq_idx: Tensor | None = None, *, qkv_delta: Tensor | None = None) -> Tensor:
+        """hidden_states (batch, L, d_model) -> (batch, L, d_out); ``qkv_delta`` (batch, L, in_proj's width),
+        if given, is added to the [q | k | v] projection (a low-rank adapter's output).
 
         With ``state`` (from :meth:`allocate_state`, or left by an earlier call), the sequence continues the
         cached one (an empty cache: a fresh prompt): its queries also see the cached keys, and on return the
@@ -270,7 +279,7 @@ class CausalSelfAttention(nn.Module):
         positions, same, last_first = self._sequences(seq_idx, first_key, start, L, hidden_states.device)
         if positions is None:
             positions = torch.arange(start, start + L, device=hidden_states.device)
-        q, k, v = self._qkv(hidden_states, positions)
+        q, k, v = self._qkv(hidden_states, positions, qkv_delta)
         if state is None:
             return self._attend(q, k, v, 0, same)
         keys, values = self._append(state, k, v, start)
@@ -294,11 +303,13 @@ class CausalSelfAttention(nn.Module):
             "first_key": torch.zeros(batch_size, device=device, dtype=torch.long),
         }
 
-    def step(self, hidden_states: Tensor, state: dict[str, Tensor]) -> Tensor:
-        """One token: hidden_states (batch, d_model) -> (batch, d_model); appends its key and value to the
+    def step(self, hidden_states: Tensor, state: dict[str, Tensor], *,
+             qkv_delta: Tensor | None = None) -> Tensor:
+        """One token: hidden_states (batch, d_model) -> (batch, d_out); appends its key and value to the
         cache (O(t) work for the t-th token: it attends to all of them, or to the sliding window)."""
         self._check_hidden(hidden_states, 2)
-        return self.forward(hidden_states[:, None], state)[:, 0]
+        delta = None if qkv_delta is None else qkv_delta[:, None]
+        return self.forward(hidden_states[:, None], state, qkv_delta=delta)[:, 0]
 
     def extra_repr(self) -> str:
         window = f", sliding_window={self.sliding_window}" if self.sliding_window else ""

@@ -34,6 +34,7 @@ class Mamba2Block(nn.Module):
         d_model: model width.
         d_state: N, the state size per head.  d_conv: width of the causal depthwise convolution.
         expand: d_inner = expand · d_model (must be an integer).
+        d_inner: the inner width itself, in place of expand · d_model (Falcon-H1 sets it on its own).
         headdim: p, channels per head; heads = d_ssm / headdim.
         d_ssm: channels that go through SSD (default d_inner); the remaining d_inner - d_ssm channels form a
             gated MLP beside it, as in ``mamba_ssm``.
@@ -69,6 +70,7 @@ class Mamba2Block(nn.Module):
         bias: bool = False,
         conv_bias: bool = True,
         chunk_size: int = 256,
+        d_inner: int | None = None,
         layer_idx: int | None = None,
         device=None,
         dtype=None,
@@ -81,7 +83,7 @@ class Mamba2Block(nn.Module):
         self.headdim = check_int("headdim", headdim)
         self.ngroups = check_int("ngroups", ngroups)
         self.chunk_size = check_int("chunk_size", chunk_size)
-        d_inner = expand * d_model
+        d_inner = expand * d_model if d_inner is None else check_int("d_inner", d_inner)
         if d_inner != int(d_inner) or d_inner < 1:
             raise ConfigError(f"expand: expand · d_model must be a positive integer, "
                               f"got {expand} · {d_model}")

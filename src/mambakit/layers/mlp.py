@@ -101,11 +101,14 @@ class GatedMLP(StatelessMixer):
         if hidden_states.shape[-1] != self.d_model:
             raise ShapeError(f"hidden_states: expected last dimension d_model={self.d_model}, "
                              f"got shape {tuple(hidden_states.shape)}")
-        h = self.fc1(hidden_states)
+        return self.fc2(self.combine(self.fc1(hidden_states)))
+
+    def combine(self, h: Tensor) -> Tensor:
+        """fc1's output (..., rows) -> fc2's input (..., d_intermediate): value · act(gate), or act(h)."""
         if self.gated:
             value, gate = h.chunk(2, dim=-1)
-            return self.fc2(value * self.act(gate))
-        return self.fc2(self.act(h))
+            return value * self.act(gate)
+        return self.act(h)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_intermediate={self.d_intermediate}, "
