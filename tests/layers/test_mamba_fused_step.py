@@ -38,3 +38,21 @@ def test_step_under_autograd_stays_differentiable():
     y = block.step(torch.randn(1, 16), state)
     y.sum().backward()
     assert block.A_log.grad is not None and block.x_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["fp64", "fp32"])
+def test_mamba2_steps_on_the_one_pass_kernel_equal_forward(dtype, tol, monkeypatch):
+    from mambakit.layers import Mamba2Block
+    from mambakit.ops.ssd import step_cpu
+
+    torch.manual_seed(1)
+    block = Mamba2Block(16, d_state=8, headdim=4, ngroups=2, chunk_size=4, dtype=dtype).eval()
+    calls = []
+    kernel = step_cpu.ssd_state_update_cpu
+    monkeypatch.setattr(step_cpu, "ssd_state_update_cpu", lambda *a: calls.append(1) or kernel(*a))
+    x = torch.randn(2, 7, 16, dtype=dtype)
+    with torch.no_grad():
+        full = block(x)
+        state = block.allocate_state(2)
+        stepped = torch.stack([block.step(x[:, t], state) for t in range(7)], dim=1)
+    assert len(calls) == 7 and (stepped - full).abs().max() <= tol
