@@ -1,0 +1,484 @@
+"""The fused Mamba-3 (:func:`mamba3_fused`): the block decomposition of :mod:`.chunked` as one autograd
+function whose backward is written by hand, for training on CPU.
+
+Per chunk of T positions and head, with the rank folded into the rows (row (t, r) of a (T·R, ·) matrix):
+
+    K, Q = R(θ)(B + B_bias), R(θ)(C + C_bias)   (T·R, N)     V = x ⊙ mimo_x      (T·R, p)
+    M = (Q Kᵀ) ∘ (W ⊗ 1_{R×R})                   (T·R, T·R)  W as in :mod:`.chunked`
+    Y = M V + diag(e) Q Sᵀ,   S' = exp(c_end) S + Vᵀ diag(reach) K
+    out = Σ_r mimo_o_r ⊙ silu(z ⊙ mimo_z_r) ⊙ (Y_r + D V_r)
+
+with e_t = exp(c_t), reach_s = exp(c_end - c_s) w_s, S the state a chunk starts with (p, N). Every
+product is a batched matmul over (batch, heads, chunks), of (T·R) × (T·R) scores for MIMO: the rank
+adds to the matmuls' sizes, not to the number of passes over memory.
+
+Kept for the backward: the inputs, the chunk start states (batch, heads, chunks, p, N) and, when a gate or
+mimo_o follows, the per-rank output Y before the skip (batch, L, R, heads, p). Keys, queries, values,
+scores and decays are recomputed. The backward runs the forward's matmuls transposed (nine against the
+forward's four) and the recurrence over chunks backwards.
+
+What stays outside, to autograd: the angles' cumulative sum, the trapezoid weights (per position and head)
+and the state's start and end, all small.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .chunked import per_position, prologue
+from .common import Mamba3State, heads_of, rotate
+
+# exp is finite and normal on these ranges; exponents are clamped into them (masked entries are zeroed after).
+_EXP_RANGE = {torch.float32: (-87.0, 88.0), torch.float64: (-708.0, 709.0)}
+
+
+class _Geometry:
+    """Sizes and the layout conversions. Per-position tensors live head-major and chunked, zero-padded to
+    whole chunks; inside a chunk the rows are rank-major, (b, h, nc, R, T, d), so that a chunk's keys,
+    queries and values are (T·R, d) matrices (n = b·h·nc of them per batched matmul) and sums over the
+    rank run over an outer axis."""
+
+    def __init__(self, x: torch.Tensor, B: torch.Tensor, chunk_size: int) -> None:
+        self.b, self.length, self.h, self.p = x.shape
+        self.R, self.g, self.N = B.shape[2:]
+        self.hg = self.h // self.g
+        self.T = min(chunk_size, self.length)
+        self.nc = -(-self.length // self.T)
+        self.Lp = self.nc * self.T
+        self.pad = self.Lp - self.length
+        self.n = self.b * self.h * self.nc
+        self.TR = self.T * self.R
+
+    def head_major(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(b, L, h, ...) -> (b, h, Lp, ...) contiguous in ``dtype``, zero-padded."""
+        out = t.new_empty(self.b, self.h, self.Lp, *t.shape[3:], dtype=dtype)
+        if self.pad:
+            out[:, :, self.length:].zero_()
+        out[:, :, :self.length].copy_(t.transpose(1, 2))
+        return out
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """(b, h, Lp, d) -> (b, h, nc, 1, T, d) view: one rank's rows."""
+        return t.view(self.b, self.h, self.nc, 1, self.T, t.shape[-1])
+
+    def six(self, t: torch.Tensor) -> torch.Tensor:
+        """(n, T·R, d) -> (b, h, nc, R, T, d) view."""
+        return t.view(self.b, self.h, self.nc, self.R, self.T, t.shape[-1])
+
+    def seq(self, t: torch.Tensor) -> torch.Tensor:
+        """(b, h, nc, T, ...) head-major -> (b, L, h, ...) view, without the padding."""
+        return t.reshape(self.b, self.h, self.Lp, *t.shape[4:])[:, :, :self.length].transpose(1, 2)
+
+    def per_rank_seq(self, t: torch.Tensor) -> torch.Tensor:
+        """(b, h, nc, R, T, d) -> (b, L, R, h, d) view, without the padding."""
+        t = t.permute(0, 2, 4, 3, 1, 5).reshape(self.b, self.Lp, self.R, self.h, t.shape[-1])
+        return t[:, :self.length]
+
+    def small(self, t: torch.Tensor) -> torch.Tensor:
+        """(b, L, h) -> (n, T) contiguous, zero-padded."""
+        return F.pad(t.transpose(1, 2), (0, self.pad)).reshape(self.n, self.T)
+
+    def per_head(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A (h, R, d) parameter as (1, h, 1, R, 1, d), against (b, h, nc, R, T, d)."""
+        return t.to(dtype).view(1, self.h, 1, self.R, 1, t.shape[-1])
+
+
+def _sum_positions(t: torch.Tensor) -> torch.Tensor:
+    """(b, h, nc, R, T, d) summed over batch, chunks and positions: (h, R, d) (one axis at a time, which
+    is much faster on CPU than a sum over several)."""
+    return t.sum(4).sum(2).sum(0)
+
+
+def _buffer(dead: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A tensor of ``shape`` in the storage of the contiguous, no longer used ``dead`` where it fits, else a
+    new one like ``like`` (on CPU a fresh multi-MiB tensor costs its page faults)."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    if dead is not None and dead.is_contiguous() and dead.dtype == like.dtype and dead.numel() >= numel:
+        return dead.view(-1)[:numel].view(shape)
+    return like.new_empty(shape)
+
+
+def _pairs(t: torch.Tensor, m: int, pairwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two coordinates of the first ``m`` rotated pairs of the last axis of ``t`` (views)."""
+    n = t.shape[-1]
+    if pairwise:
+        pairs = t.unflatten(-1, (n // 2, 2))
+        return pairs[..., :m, 0], pairs[..., :m, 1]
+    return t[..., :m], t[..., n // 2:n // 2 + m]
+
+
+def _keys(geo: _Geometry, X: torch.Tensor, bias: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+          pairwise: bool, dtype: torch.dtype) -> torch.Tensor:
+    """R(θ)(X + bias) per head, (n, T·R, N) rank-major, from X (b, L, R, g, N), bias (h, R, N), cos and
+    sin (b, h, nc, 1, T, m); the rotation in place."""
+    b, g, hg, nc, T, R, N = geo.b, geo.g, geo.hg, geo.nc, geo.T, geo.R, geo.N
+    grouped = X.new_zeros(b, g, geo.Lp, R, N, dtype=dtype)
+    grouped[:, :, :geo.length].copy_(X.permute(0, 3, 1, 2, 4))
+    grouped = grouped.view(b, g, 1, nc, T, R, N).transpose(4, 5)
+    out = torch.empty(b, geo.h, nc, R, T, N, dtype=dtype, device=X.device)
+    torch.add(grouped, bias.to(dtype).view(g, hg, 1, R, 1, N), out=out.view(b, g, hg, nc, R, T, N))
+    first, second = _pairs(out, cos.shape[-1], pairwise)
+    turned = first * sin
+    first.mul_(cos).addcmul_(second, sin, value=-1)
+    second.mul_(cos).add_(turned)
+    return out.view(geo.n, geo.TR, N)
+
+
+def _unrotate_grad(geo: _Geometry, d: torch.Tensor, rotated: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, pairwise: bool) -> torch.Tensor:
+    """From the gradient ``d`` of rotated keys ``rotated`` (n, T·R, N): the gradient of the angles
+    (b, h, nc, T, m), and in place in ``d`` that of the keys before the rotation."""
+    m = cos.shape[-1]
+    da, db = _pairs(geo.six(d), m, pairwise)
+    ka, kb = _pairs(geo.six(rotated), m, pairwise)
+    d_theta = (db * ka).sub_(da * kb).sum(3)
+    turned = da * sin
+    da.mul_(cos).addcmul_(db, sin)
+    db.mul_(cos).sub_(turned)
+    return d_theta
+
+
+def _keys_grads(geo: _Geometry, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient (n, T·R, N) of the keys before rotation -> those of B (b, L, R, g, N) and the bias."""
+    six = geo.six(d)
+    grouped = six.view(geo.b, geo.g, geo.hg, geo.nc, geo.R, geo.T, geo.N).sum(2)
+    grouped = grouped.permute(0, 2, 4, 3, 1, 5).reshape(geo.b, geo.Lp, geo.R, geo.g, geo.N)
+    return grouped[:, :geo.length], _sum_positions(six)
+
+
+def _decays(geo: _Geometry, la: torch.Tensor, w: torch.Tensor, gam: torch.Tensor, seq_idx):
+    """The chunk's decays from the log-decays la, weights w, γ (b, L, h).
+
+    Returns Lmat (n, T, T) [t, s] = exp(c_t - c_s) below the diagonal (within one sequence, else 0), W =
+    Lmat·w_s with γ_t on the diagonal, e (n, T) = exp(c_t), to_end (n, T) = exp(c_end - c_s), decay (n,) =
+    exp(c_end), each 0 across a change of sequence (c the log-decays' cumulative sum in the chunk), and w.
+    """
+    n, T = geo.n, geo.T
+    lo, hi = _EXP_RANGE[la.dtype]
+    c = geo.small(la).cumsum(-1)
+    wc = geo.small(w)
+    below = torch.ones(T, T, dtype=torch.bool, device=la.device).tril(-1)
+    e, to_end, decay = torch.exp(c), torch.exp((c[:, -1:] - c).clamp(lo, hi)), torch.exp(c[:, -1])
+    if seq_idx is not None:
+        seq = torch.cat([seq_idx, seq_idx[:, -1:].expand(geo.b, geo.pad)], dim=1).view(geo.b, 1, geo.nc, T)
+        seq_start = torch.cat([seq[:, :, :1, 0], seq[:, :, :-1, -1]], dim=2)         # of each start state
+        seq = seq.expand(geo.b, geo.h, geo.nc, T).reshape(n, T)
+        seq_start = seq_start.expand(geo.b, geo.h, geo.nc).reshape(n)
+        below = below & (seq[:, :, None] == seq[:, None, :])
+        e = e * (seq == seq_start[:, None])
+        to_end = to_end * (seq == seq[:, -1:])
+        decay = decay * (seq[:, -1] == seq_start)
+    Lmat = torch.exp((c[:, :, None] - c[:, None, :]).clamp_(lo, hi)).mul_(below)
+    W = Lmat * wc[:, None, :]
+    W.diagonal(dim1=-2, dim2=-1).copy_(geo.small(gam))
+    return Lmat, W, e, to_end, decay, wc
+
+
+def _kron_mul_(G: torch.Tensor, W: torch.Tensor, geo: _Geometry) -> torch.Tensor:
+    """G (n, T·R, T·R) ∘= 1_{R×R} ⊗ W (n, T, T) (rows and columns rank-major), in place."""
+    G.view(geo.n, geo.R, geo.T, geo.R, geo.T).mul_(W.view(geo.n, 1, geo.T, 1, geo.T))
+    return G
+
+
+def _rank_sum(P: torch.Tensor, geo: _Geometry) -> torch.Tensor:
+    """P (n, T·R, T·R) summed over the rank pairs: (n, T, T)."""
+    if geo.R == 1:
+        return P
+    return P.view(geo.n, geo.R, geo.T, geo.R, geo.T).sum(3).sum(1)
+
+
+def _scale_rows(t: torch.Tensor, s: torch.Tensor, geo: _Geometry, out: torch.Tensor) -> torch.Tensor:
+    """t (n, T·R, d) with row (r, t) times s (n, T)[t], into ``out``."""
+    d = t.shape[-1]
+    shape = (geo.n, geo.R, geo.T, d)
+    torch.mul(t.view(shape), s.view(geo.n, 1, geo.T, 1), out=out.view(shape))
+    return out
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor, geo: _Geometry, scratch: torch.Tensor) -> torch.Tensor:
+    """Σ_{r, d} a ∘ b of rows (r, t) of (n, T·R, d) matrices: (n, T)."""
+    prod = torch.mul(a, b, out=scratch)
+    return prod.view(geo.n, geo.R, geo.T, a.shape[-1]).sum(-1).sum(1)
+
+
+class Mamba3Fused(torch.autograd.Function):
+    """out, final S = the chunked Mamba-3 of (x, la, w, γ, θ, B, C, biases, D, z, mimo_x/z/o, S0).
+
+    la = AΔ, w, γ (b, L, h) as in :mod:`.chunked`; θ (b, L, h, m) the wrapped cumulative angles; S0 (b, h,
+    p, N) the start value of S (or None). Returns out (b, L, h, p) (per rank (b, L, R, h, p) for MIMO
+    without mimo_o) and S after the last position, in the compute dtype of la.
+    """
+
+    @staticmethod
+    def forward(ctx, x, la, w, gam, theta, B, C, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o, S0,
+                seq_idx, chunk_size, pairwise):
+        cd = la.dtype
+        geo = _Geometry(x, B, chunk_size)
+        b, h, nc, TR, p, N, n = geo.b, geo.h, geo.nc, geo.TR, geo.p, geo.N, geo.n
+        Lmat, W, e, to_end, decay, wc = _decays(geo, la, w, gam, seq_idx)
+        th = geo.rows(geo.head_major(theta, cd))                     # (b, h, nc, 1, T, m)
+        cos, sin = torch.cos(th), torch.sin(th)
+        K = _keys(geo, B, B_bias, cos, sin, pairwise, cd)            # (n, T·R, N)
+        Q = _keys(geo, C, C_bias, cos, sin, pairwise, cd)
+        V = _values(geo, x, mimo_x, cd)                              # (n, T·R, p)
+
+        # Inside the chunks, then each chunk's increment of the state it passes on.
+        M = _kron_mul_(torch.bmm(Q, K.transpose(1, 2)), W, geo)
+        Y = torch.bmm(M, V)
+        scaled = _scale_rows(V, to_end * wc, geo, _buffer(M, (n, TR, p), V))
+        slot = p * N
+        chained = torch.empty((n + 1) * slot, dtype=cd, device=x.device)
+        torch.bmm(scaled.transpose(1, 2), K, out=chained[slot:].view(n, p, N))
+        # The recurrence over chunks in place: slot j·nc + k holds increment k - 1 of row j = (batch, head)
+        # and becomes the state chunk k starts with; row j's last increment, in the slot of row j + 1's
+        # first state, is set aside first.
+        starts = chained[:n * slot].view(b * h, nc, p, N)
+        last = chained.view(-1, slot)[nc::nc].view(b * h, p, N).clone()
+        if S0 is None:
+            starts[:, 0].zero_()
+        else:
+            starts[:, 0].copy_(S0.reshape(b * h, p, N))
+        dec = decay.view(b * h, nc, 1, 1)
+        for k in range(1, nc):
+            starts[:, k].addcmul_(dec[:, k - 1], starts[:, k - 1])
+        final = last.addcmul_(dec[:, nc - 1], starts[:, nc - 1]).view(b, h, p, N)
+        starts = starts.view(n, p, N)
+        # Each chunk's output from its start state.
+        Y.baddbmm_(_scale_rows(Q, e, geo, _buffer(M, (n, TR, N), Q)), starts.transpose(1, 2))
+        del K, scaled
+
+        out = _finish(geo, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd, spare=(M, Q))
+        keep_y = z is not None or mimo_o is not None
+        ctx.save_for_backward(x, la, w, gam, theta, B, C, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o,
+                              seq_idx, starts, Y if keep_y else None)
+        ctx.chunk_size, ctx.pairwise, ctx.has_S0 = chunk_size, pairwise, S0 is not None
+        return out, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_final):
+        (x, la, w, gam, theta, B, C, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o, seq_idx, starts,
+         Y) = ctx.saved_tensors
+        cd = la.dtype
+        geo = _Geometry(x, B, ctx.chunk_size)
+        b, h, nc, T, R, p, N, n, TR = geo.b, geo.h, geo.nc, geo.T, geo.R, geo.p, geo.N, geo.n, geo.TR
+        pairwise = ctx.pairwise
+        Lmat, W, e, to_end, decay, wc = _decays(geo, la, w, gam, seq_idx)
+        th = geo.rows(geo.head_major(theta, cd))
+        cos, sin = torch.cos(th), torch.sin(th)
+        K = _keys(geo, B, B_bias, cos, sin, pairwise, cd)
+        Q = _keys(geo, C, C_bias, cos, sin, pairwise, cd)
+        xh = geo.head_major(x, cd)                                   # (b, h, Lp, p)
+        V = _values(geo, x, mimo_x, cd, xh)
+        scratch = torch.empty(n * max(TR * max(p, N, TR), p * N), dtype=cd, device=x.device)
+
+        def tmp(like):
+            return scratch[:like.numel()].view(like.shape)
+
+        # Skip, gate and output projection: dY, the gradient of Y (n, T·R, p).
+        dY, d_D, d_z, d_mz, d_mo = _finish_backward(geo, d_out, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd,
+                                                   scratch)
+        dV = torch.empty_like(V)
+        if D is None:
+            dV.zero_()
+        else:
+            torch.mul(geo.six(dY), D.to(cd).view(1, h, 1, 1, 1, 1), out=geo.six(dV))
+
+        # Inside the chunks: M = G ∘ W̃, Y = M V.
+        G = torch.bmm(Q, K.transpose(1, 2))
+        dM = torch.bmm(dY, V.transpose(1, 2))
+        E = _rank_sum(torch.mul(dM, G, out=tmp(G)), geo).clone()    # gradient of W, (n, T, T)
+        M = _kron_mul_(G, W, geo)
+        dG = _kron_mul_(dM, W, geo)
+        dV.baddbmm_(M.transpose(1, 2), dY)
+        dQ = torch.bmm(dG, K)
+        dK = torch.bmm(dG.transpose(1, 2), Q)
+
+        # Output from the start states: Y += diag(e) Q Sᵀ.
+        dYS = torch.bmm(dY, starts, out=_buffer(G, (n, TR, N), Q))
+        d_e = _row_dots(dYS, Q, geo, tmp(dYS))
+        dQ.view(n, R, T, N).addcmul_(dYS.view(n, R, T, N), e.view(n, 1, T, 1))
+        dYe = _scale_rows(dY, e, geo, _buffer(dM, (n, TR, p), dY))
+        slot = p * N
+        chained = torch.empty((n + 1) * slot, dtype=cd, device=x.device)
+        torch.bmm(dYe.transpose(1, 2), Q, out=chained[:n * slot].view(n, p, N))
+
+        # The recurrence, backwards, in place: the gradient of chunk k's increment (that of the state after
+        # it) lands on slot k + 1 of the row's part; row j's first part is set aside first.
+        first = chained.view(-1, slot)[:n:nc].view(b * h, p, N).clone()
+        d_inc = chained[slot:].view(b * h, nc, p, N)
+        if d_final is None:
+            d_inc[:, nc - 1].zero_()
+        else:
+            d_inc[:, nc - 1].copy_(d_final.reshape(b * h, p, N))
+        dec = decay.view(b * h, nc, 1, 1)
+        for k in range(nc - 1, 0, -1):
+            d_inc[:, k - 1].addcmul_(dec[:, k], d_inc[:, k])
+        d_S0 = first.addcmul_(dec[:, 0], d_inc[:, 0]).view(b, h, p, N) if ctx.has_S0 else None
+        d_inc = d_inc.view(n, p, N)
+        d_decay = torch.mul(d_inc, starts, out=tmp(starts)).sum(-1).sum(-1)   # (n,)
+
+        # The increments Vᵀ diag(reach) K.
+        reach = to_end * wc
+        Z = torch.bmm(V, d_inc, out=_buffer(G, (n, TR, N), Q))      # (n, T·R, N)
+        d_reach = _row_dots(Z, K, geo, tmp(Z))
+        dK.view(n, R, T, N).addcmul_(Z.view(n, R, T, N), reach.view(n, 1, T, 1))
+        dV.baddbmm_(_scale_rows(K, reach, geo, Z), d_inc.transpose(1, 2))
+        del G, dM, M, dG, dYS, dYe, Z, chained
+
+        # The decays: c = cumsum(la) gives W, e, reach and decay.
+        D_ = E * W
+        D_.diagonal(dim1=-2, dim2=-1).zero_()
+        d_gam = E.diagonal(dim1=-2, dim2=-1).clone()
+        d_w = (E.mul_(Lmat)).sum(1) + d_reach * to_end
+        d_reach.mul_(reach)
+        d_c = D_.sum(2) - D_.sum(1) + d_e * e - d_reach
+        d_c[:, -1] += d_reach.sum(-1) + d_decay * decay
+        d_la = d_c.flip(-1).cumsum(-1).flip(-1)
+
+        def seq_small(t):                                            # (n, T) -> (b, L, h)
+            return t.reshape(b, h, geo.Lp)[:, :, :geo.length].transpose(1, 2)
+
+        # Keys and queries: the rotation, the bias, the groups.
+        d_th = _unrotate_grad(geo, dK, K, cos, sin, pairwise)
+        d_th.add_(_unrotate_grad(geo, dQ, Q, cos, sin, pairwise))
+        d_theta = geo.seq(d_th.view(b, h, nc, T, -1))
+        d_B, d_Bb = _keys_grads(geo, dK)
+        d_C, d_Cb = _keys_grads(geo, dQ)
+
+        # Values: V = x ⊙ mimo_x.
+        d_mx = None
+        if mimo_x is None:
+            d_x = geo.seq(dV.view(b, h, nc, T, p))
+        else:
+            dV6 = geo.six(dV)
+            d_x = geo.seq(torch.mul(dV6, geo.per_head(mimo_x, cd), out=geo.six(tmp(dV))).sum(3))
+            d_mx = _sum_positions(torch.mul(dV6, geo.rows(xh), out=geo.six(tmp(dV))))
+        return (d_x.to(x.dtype), seq_small(d_la), seq_small(d_w), seq_small(d_gam), d_theta.to(theta.dtype),
+                d_B.to(B.dtype), d_C.to(C.dtype), d_Bb.to(B_bias.dtype), d_Cb.to(C_bias.dtype),
+                None if d_D is None else d_D.to(D.dtype), None if d_z is None else d_z.to(z.dtype),
+                None if d_mx is None else d_mx.to(mimo_x.dtype),
+                None if d_mz is None else d_mz.to(mimo_z.dtype),
+                None if d_mo is None else d_mo.to(mimo_o.dtype), d_S0, None, None, None)
+
+
+def _values(geo: _Geometry, x: torch.Tensor, mimo_x, cd, xh: torch.Tensor | None = None) -> torch.Tensor:
+    """V = x ⊙ mimo_x per rank, (n, T·R, p); ``xh``: x head-major (b, h, Lp, p) if already made."""
+    xh = geo.head_major(x, cd) if xh is None else xh
+    if mimo_x is None:
+        return xh.view(geo.n, geo.T, geo.p)
+    return torch.mul(geo.rows(xh), geo.per_head(mimo_x, cd)).view(geo.n, geo.TR, geo.p)
+
+
+def _finish(geo: _Geometry, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd, spare) -> torch.Tensor:
+    """Skip, gate and output projection of Y (n, T·R, p) in the output's layout: (b, L, h, p), or per rank
+    (b, L, R, h, p) for MIMO without mimo_o. ``spare``: tensors no longer used, for buffers."""
+    y, own = geo.six(Y), False                                      # own: y is a buffer of ours
+    if D is not None:
+        y = torch.addcmul(y, geo.six(V), D.to(cd).view(1, geo.h, 1, 1, 1, 1),
+                          out=geo.six(_buffer(spare[0], Y.shape, Y)))
+        own = True
+    if z is not None:
+        zh = geo.rows(geo.head_major(z, cd))
+        zr = zh if mimo_z is None else torch.mul(zh, geo.per_head(mimo_z, cd),
+                                                 out=geo.six(_buffer(spare[1], Y.shape, Y)))
+        gate = F.silu(zr, inplace=zr is not zh)
+        y, own = (y.mul_(gate) if own else y * gate), True
+    if mimo_o is not None:
+        mo = geo.per_head(mimo_o, cd)
+        return geo.seq((y.mul_(mo) if own else y * mo).sum(3)).contiguous()     # (b, L, h, p)
+    if mimo_x is not None:
+        return geo.per_rank_seq(y).contiguous()
+    return geo.seq(y.squeeze(3)).contiguous()
+
+
+def _finish_backward(geo: _Geometry, d_out, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd, scratch):
+    """The gradients of Y (n, T·R, p), D, z, mimo_z, mimo_o from that of the output."""
+    b, h, nc, T, R, p = geo.b, geo.h, geo.nc, geo.T, geo.R, geo.p
+    if mimo_x is not None and mimo_o is None:                         # per rank (b, L, R, h, p)
+        d = d_out.new_zeros(b, nc, T, R, h, p, dtype=cd)
+        d.view(b, geo.Lp, R, h, p)[:, :geo.length].copy_(d_out)
+        d = d.permute(0, 4, 1, 3, 2, 5).contiguous()                 # (b, h, nc, R, T, p)
+    else:
+        d = geo.rows(geo.head_major(d_out, cd))                      # (b, h, nc, 1, T, p)
+    six_shape = (b, h, nc, R, T, p)
+    dY = d if mimo_o is None else torch.mul(d, geo.per_head(mimo_o, cd))   # the gradient of the gated y
+    d_z = d_mz = d_mo = None
+    tmp = scratch[:geo.n * geo.TR * p].view(six_shape)
+    if z is not None or mimo_o is not None:
+        y = geo.six(Y)
+        if D is not None:
+            y = torch.addcmul(y, geo.six(V), D.to(cd).view(1, h, 1, 1, 1, 1))
+        if z is not None:
+            zh = geo.rows(geo.head_major(z, cd))
+            zr = zh if mimo_z is None else zh * geo.per_head(mimo_z, cd)
+            d_zr = torch.ops.aten.silu_backward(torch.mul(dY, y, out=tmp), zr)
+            if mimo_z is None:
+                d_z = d_zr
+            else:
+                d_z = torch.mul(d_zr, geo.per_head(mimo_z, cd), out=tmp).sum(3, keepdim=True)
+                d_mz = _sum_positions(torch.mul(d_zr, zh, out=tmp))
+            d_z = geo.seq(d_z.squeeze(3))
+            gate = F.silu(zr, inplace=zr is not zh) if mimo_z is not None else F.silu(zr)
+            if mimo_o is not None:
+                d_mo = _sum_positions(torch.mul(y, gate, out=tmp).mul_(d))
+            dY = dY * gate if dY is d else dY.mul_(gate)
+        else:
+            d_mo = _sum_positions(torch.mul(y, d, out=tmp))
+    dY = dY.expand(six_shape).reshape(geo.n, geo.TR, p)
+    d_D = None
+    if D is not None:
+        d_D = torch.mul(geo.six(dY), geo.six(V), out=tmp).sum(-1).sum(4).sum(3).sum(2).sum(0)
+    return dY, d_D, d_z, d_mz, d_mo
+
+
+def _apply(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o, state, seq_idx,
+           pairwise, chunk_size, dtype):
+    """The small per-position steps by autograd around :class:`Mamba3Fused`: returns out and the final
+    :class:`Mamba3State`."""
+    la, theta, gamma, w, S0 = per_position(dt, A, trap, angles, state, seq_idx, mimo_x, dtype)
+    out, final = Mamba3Fused.apply(x, la, w, gamma, theta, B, C, B_bias, C_bias, D, z, mimo_x, mimo_z,
+                                   mimo_o, S0, seq_idx, chunk_size, pairwise)
+    th_last = theta[:, -1].unsqueeze(1)                              # (b, 1, h, m)
+    k_last = rotate(heads_of(B[:, -1].to(dtype), x.shape[2]) + B_bias.to(dtype).transpose(0, 1), th_last,
+                    pairwise)
+    return out.to(x.dtype), Mamba3State(theta[:, -1], final, k_last, x[:, -1].to(dtype))
+
+
+def mamba3_fused(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    trap: torch.Tensor,
+    angles: torch.Tensor,
+    B_bias: torch.Tensor,
+    C_bias: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    mimo_x: torch.Tensor | None = None,
+    mimo_z: torch.Tensor | None = None,
+    mimo_o: torch.Tensor | None = None,
+    initial_state: Mamba3State | None = None,
+    seq_idx: torch.Tensor | None = None,
+    rotate_pairwise: bool | None = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+) -> torch.Tensor | tuple[torch.Tensor, Mamba3State]:
+    """Fused Mamba-3 (:class:`Mamba3Fused`, a hand-written backward); arguments and results as
+    :func:`~mambakit.ops.mamba3.ref.mamba3_ref`, plus ``chunk_size`` (positions per chunk, >= 1; L need not
+    be a multiple of it). Not twice differentiable."""
+    _, pairwise, dtype, state, empty = prologue(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x,
+                                                mimo_z, mimo_o, initial_state, seq_idx, rotate_pairwise,
+                                                chunk_size)
+    if empty is not None:
+        return (empty, state) if return_final_state else empty
+    if z is None:
+        mimo_z = None                                                # unused without a gate
+    out, final = _apply(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o, state,
+                           seq_idx, pairwise, chunk_size, dtype)
+    return (out, final) if return_final_state else out
