@@ -169,3 +169,25 @@ def test_dispatch_and_empty():
     ref = mamba3(*args, **kwargs, backend="ref")
     for backend in ("fused", "auto"):
         assert rel_err(mamba3(*args, **kwargs, chunk_size=4, backend=backend), ref) < 1e-10
+
+
+def test_calls_in_flight_together_share_the_kept_buffers_safely():
+    """Buffers kept between calls: two forwards before either backward (as two layers), the same result
+    on a second call, and again after release_buffers."""
+    sets = [make_inputs(L=20, rank=2, mimo=True, seed=seed, requires_grad=True) for seed in (0, 1)]
+    outs = [mamba3_fused(*a, **k, chunk_size=8) for a, k in sets]
+    refs = [mamba3_ref(*a, **k) for a, k in sets]
+    dys = [torch.randn_like(y) for y in outs]
+    inputs = [list(leaves(a, k).values()) for a, k in sets]
+    grads = torch.autograd.grad(sum((y * d).sum() for y, d in zip(outs, dys, strict=True)),
+                                inputs[0] + inputs[1])
+    grads_ref = torch.autograd.grad(sum((y * d).sum() for y, d in zip(refs, dys, strict=True)),
+                                    inputs[0] + inputs[1])
+    for y, ref in zip(outs, refs, strict=True):
+        assert rel_err(y, ref) < 1e-10
+    for a, b in zip(grads, grads_ref, strict=True):
+        assert rel_err(a, b) < 1e-10
+    again = mamba3_fused(*sets[0][0], **sets[0][1], chunk_size=8)
+    fused.release_buffers()
+    assert torch.equal(again, outs[0]) and torch.equal(mamba3_fused(*sets[0][0], **sets[0][1], chunk_size=8),
+                                                        outs[0])

@@ -23,6 +23,9 @@ and the state's start and end, all small.
 
 from __future__ import annotations
 
+import math
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -50,9 +53,10 @@ class _Geometry:
         self.n = self.b * self.h * self.nc
         self.TR = self.T * self.R
 
-    def head_major(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(b, L, h, ...) -> (b, h, Lp, ...) contiguous in ``dtype``, zero-padded."""
-        out = t.new_empty(self.b, self.h, self.Lp, *t.shape[3:], dtype=dtype)
+    def head_major(self, t: torch.Tensor, dtype: torch.dtype, pool: _Pool | None = None) -> torch.Tensor:
+        """(b, L, h, ...) -> (b, h, Lp, ...) contiguous in ``dtype``, zero-padded (in ``pool``'s buffer)."""
+        shape = (self.b, self.h, self.Lp, *t.shape[3:])
+        out = t.new_empty(shape, dtype=dtype) if pool is None else pool.take(*shape)
         if self.pad:
             out[:, :, self.length:].zero_()
         out[:, :, :self.length].copy_(t.transpose(1, 2))
@@ -90,15 +94,57 @@ def _sum_positions(t: torch.Tensor) -> torch.Tensor:
     return t.sum(4).sum(2).sum(0)
 
 
-def _buffer(dead: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """A tensor of ``shape`` in the storage of the contiguous, no longer used ``dead`` where it fits, else a
-    new one like ``like`` (on CPU a fresh multi-MiB tensor costs its page faults)."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    if dead is not None and dead.is_contiguous() and dead.dtype == like.dtype and dead.numel() >= numel:
-        return dead.view(-1)[:numel].view(shape)
-    return like.new_empty(shape)
+class _Pool:
+    """Large buffers handed back when no longer used and handed out again for the next intermediate that
+    fits, kept from one call to the next (per thread, dtype and device; see :func:`release_buffers`). On
+    CPU a fresh multi-MiB tensor costs its page faults, several times the arithmetic of one pass over it;
+    MIMO's per-rank intermediates are R times Mamba-2's, so this is where it would lose most."""
+
+    MAX_HELD = 16                                                    # buffers kept between calls
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.free: list[torch.Tensor] = []
+        self.dtype, self.device = dtype, device
+
+    def take(self, *shape: int) -> torch.Tensor:
+        numel = math.prod(shape)
+        fits = [i for i, f in enumerate(self.free) if f.numel() >= numel]
+        if fits:
+            flat = self.free.pop(min(fits, key=lambda i: self.free[i].numel()))
+        else:
+            flat = torch.empty(numel, dtype=self.dtype, device=self.device)
+        return flat[:numel].view(shape)
+
+    def give(self, *tensors: torch.Tensor) -> None:
+        """Hand back buffers from :meth:`take` that nothing uses any more (no views of them escape)."""
+        for t in tensors:
+            self.free.append((t if t._base is None else t._base).view(-1))
+        if len(self.free) > self.MAX_HELD:
+            self.free.sort(key=torch.Tensor.numel)
+            del self.free[:len(self.free) - self.MAX_HELD]
+
+
+_POOLS = threading.local()
+
+
+def _pool(dtype: torch.dtype, device: torch.device) -> _Pool:
+    pools = getattr(_POOLS, "pools", None)
+    if pools is None:
+        pools = _POOLS.pools = {}
+    key = (dtype, device)
+    if key not in pools:
+        pools[key] = _Pool(dtype, device)
+    return pools[key]
+
+
+def release_buffers() -> None:
+    """Free the buffers the fused form keeps between calls on this thread (they are made again as needed)."""
+    _POOLS.pools = {}
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` in memory of its own (for results computed in pooled buffers)."""
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _pairs(t: torch.Tensor, m: int, pairwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,33 +157,37 @@ def _pairs(t: torch.Tensor, m: int, pairwise: bool) -> tuple[torch.Tensor, torch
 
 
 def _keys(geo: _Geometry, X: torch.Tensor, bias: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-          pairwise: bool, dtype: torch.dtype) -> torch.Tensor:
+          pairwise: bool, pool: _Pool) -> torch.Tensor:
     """R(θ)(X + bias) per head, (n, T·R, N) rank-major, from X (b, L, R, g, N), bias (h, R, N), cos and
     sin (b, h, nc, 1, T, m); the rotation in place."""
-    b, g, hg, nc, T, R, N = geo.b, geo.g, geo.hg, geo.nc, geo.T, geo.R, geo.N
-    grouped = X.new_zeros(b, g, geo.Lp, R, N, dtype=dtype)
-    grouped[:, :, :geo.length].copy_(X.permute(0, 3, 1, 2, 4))
-    grouped = grouped.view(b, g, 1, nc, T, R, N).transpose(4, 5)
-    out = torch.empty(b, geo.h, nc, R, T, N, dtype=dtype, device=X.device)
+    b, g, hg, nc, T, R, N, dtype = geo.b, geo.g, geo.hg, geo.nc, geo.T, geo.R, geo.N, pool.dtype
+    padded = F.pad(X, (0, 0, 0, 0, 0, 0, 0, geo.pad)) if geo.pad else X
+    grouped = pool.take(b, g, 1, nc, R, T, N)                        # rank-major, one copy per group
+    grouped.copy_(padded.view(b, nc, T, R, g, N).permute(0, 4, 1, 3, 2, 5).unsqueeze(2))
+    out = pool.take(b, geo.h, nc, R, T, N)
     torch.add(grouped, bias.to(dtype).view(g, hg, 1, R, 1, N), out=out.view(b, g, hg, nc, R, T, N))
+    pool.give(grouped)
     first, second = _pairs(out, cos.shape[-1], pairwise)
-    turned = first * sin
+    turned = torch.mul(first, sin, out=pool.take(*first.shape))
     first.mul_(cos).addcmul_(second, sin, value=-1)
     second.mul_(cos).add_(turned)
+    pool.give(turned)
     return out.view(geo.n, geo.TR, N)
 
 
 def _unrotate_grad(geo: _Geometry, d: torch.Tensor, rotated: torch.Tensor, cos: torch.Tensor,
-                   sin: torch.Tensor, pairwise: bool) -> torch.Tensor:
+                   sin: torch.Tensor, pairwise: bool, pool: _Pool) -> torch.Tensor:
     """From the gradient ``d`` of rotated keys ``rotated`` (n, T·R, N): the gradient of the angles
     (b, h, nc, T, m), and in place in ``d`` that of the keys before the rotation."""
     m = cos.shape[-1]
     da, db = _pairs(geo.six(d), m, pairwise)
     ka, kb = _pairs(geo.six(rotated), m, pairwise)
-    d_theta = (db * ka).sub_(da * kb).sum(3)
-    turned = da * sin
+    one, other = pool.take(*da.shape), pool.take(*da.shape)
+    d_theta = torch.mul(db, ka, out=one).sub_(torch.mul(da, kb, out=other)).sum(3)
+    turned = torch.mul(da, sin, out=one)
     da.mul_(cos).addcmul_(db, sin)
     db.mul_(cos).sub_(turned)
+    pool.give(one, other)
     return d_theta
 
 
@@ -221,17 +271,21 @@ class Mamba3Fused(torch.autograd.Function):
         Lmat, W, e, to_end, decay, wc = _decays(geo, la, w, gam, seq_idx)
         th = geo.rows(geo.head_major(theta, cd))                     # (b, h, nc, 1, T, m)
         cos, sin = torch.cos(th), torch.sin(th)
-        K = _keys(geo, B, B_bias, cos, sin, pairwise, cd)            # (n, T·R, N)
-        Q = _keys(geo, C, C_bias, cos, sin, pairwise, cd)
-        V = _values(geo, x, mimo_x, cd)                              # (n, T·R, p)
+        pool = _pool(cd, x.device)
+        K = _keys(geo, B, B_bias, cos, sin, pairwise, pool)          # (n, T·R, N)
+        Q = _keys(geo, C, C_bias, cos, sin, pairwise, pool)
+        xh = geo.head_major(x, cd, pool)                             # (b, h, Lp, p)
+        V = _values(geo, xh, mimo_x, pool)                           # (n, T·R, p)
 
         # Inside the chunks, then each chunk's increment of the state it passes on.
-        M = _kron_mul_(torch.bmm(Q, K.transpose(1, 2)), W, geo)
+        M = _kron_mul_(torch.bmm(Q, K.transpose(1, 2), out=pool.take(n, TR, TR)), W, geo)
         Y = torch.bmm(M, V)
-        scaled = _scale_rows(V, to_end * wc, geo, _buffer(M, (n, TR, p), V))
+        pool.give(M)
+        scaled = _scale_rows(V, to_end * wc, geo, pool.take(n, TR, p))
         slot = p * N
         chained = torch.empty((n + 1) * slot, dtype=cd, device=x.device)
         torch.bmm(scaled.transpose(1, 2), K, out=chained[slot:].view(n, p, N))
+        pool.give(scaled, K)
         # The recurrence over chunks in place: slot j·nc + k holds increment k - 1 of row j = (batch, head)
         # and becomes the state chunk k starts with; row j's last increment, in the slot of row j + 1's
         # first state, is set aside first.
@@ -247,10 +301,12 @@ class Mamba3Fused(torch.autograd.Function):
         final = last.addcmul_(dec[:, nc - 1], starts[:, nc - 1]).view(b, h, p, N)
         starts = starts.view(n, p, N)
         # Each chunk's output from its start state.
-        Y.baddbmm_(_scale_rows(Q, e, geo, _buffer(M, (n, TR, N), Q)), starts.transpose(1, 2))
-        del K, scaled
+        Qe = _scale_rows(Q, e, geo, pool.take(n, TR, N))
+        Y.baddbmm_(Qe, starts.transpose(1, 2))
+        pool.give(Qe, Q)
 
-        out = _finish(geo, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd, spare=(M, Q))
+        out = _finish(geo, pool, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd)
+        pool.give(xh) if mimo_x is None else pool.give(xh, V)
         keep_y = z is not None or mimo_o is not None
         ctx.save_for_backward(x, la, w, gam, theta, B, C, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o,
                               seq_idx, starts, Y if keep_y else None)
@@ -269,42 +325,45 @@ class Mamba3Fused(torch.autograd.Function):
         Lmat, W, e, to_end, decay, wc = _decays(geo, la, w, gam, seq_idx)
         th = geo.rows(geo.head_major(theta, cd))
         cos, sin = torch.cos(th), torch.sin(th)
-        K = _keys(geo, B, B_bias, cos, sin, pairwise, cd)
-        Q = _keys(geo, C, C_bias, cos, sin, pairwise, cd)
-        xh = geo.head_major(x, cd)                                   # (b, h, Lp, p)
-        V = _values(geo, x, mimo_x, cd, xh)
-        scratch = torch.empty(n * max(TR * max(p, N, TR), p * N), dtype=cd, device=x.device)
-
-        def tmp(like):
-            return scratch[:like.numel()].view(like.shape)
+        pool = _pool(cd, x.device)
+        K = _keys(geo, B, B_bias, cos, sin, pairwise, pool)
+        Q = _keys(geo, C, C_bias, cos, sin, pairwise, pool)
+        xh = geo.head_major(x, cd, pool)                             # (b, h, Lp, p)
+        V = _values(geo, xh, mimo_x, pool)
 
         # Skip, gate and output projection: dY, the gradient of Y (n, T·R, p).
-        dY, d_D, d_z, d_mz, d_mo = _finish_backward(geo, d_out, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd,
-                                                   scratch)
-        dV = torch.empty_like(V)
+        dY, d_D, d_z, d_mz, d_mo = _finish_backward(geo, pool, d_out, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd)
+        dV = pool.take(n, TR, p)
         if D is None:
             dV.zero_()
         else:
             torch.mul(geo.six(dY), D.to(cd).view(1, h, 1, 1, 1, 1), out=geo.six(dV))
 
         # Inside the chunks: M = G ∘ W̃, Y = M V.
-        G = torch.bmm(Q, K.transpose(1, 2))
-        dM = torch.bmm(dY, V.transpose(1, 2))
-        E = _rank_sum(torch.mul(dM, G, out=tmp(G)), geo).clone()    # gradient of W, (n, T, T)
+        G = torch.bmm(Q, K.transpose(1, 2), out=pool.take(n, TR, TR))
+        dM = torch.bmm(dY, V.transpose(1, 2), out=pool.take(n, TR, TR))
+        work = pool.take(n, TR, TR)
+        E = _rank_sum(torch.mul(dM, G, out=work), geo).clone()     # gradient of W, (n, T, T)
+        pool.give(work)
         M = _kron_mul_(G, W, geo)
         dG = _kron_mul_(dM, W, geo)
         dV.baddbmm_(M.transpose(1, 2), dY)
-        dQ = torch.bmm(dG, K)
-        dK = torch.bmm(dG.transpose(1, 2), Q)
+        pool.give(M)
+        dQ = torch.bmm(dG, K, out=pool.take(n, TR, N))
+        dK = torch.bmm(dG.transpose(1, 2), Q, out=pool.take(n, TR, N))
+        pool.give(dG)
 
         # Output from the start states: Y += diag(e) Q Sᵀ.
-        dYS = torch.bmm(dY, starts, out=_buffer(G, (n, TR, N), Q))
-        d_e = _row_dots(dYS, Q, geo, tmp(dYS))
+        dYS = torch.bmm(dY, starts, out=pool.take(n, TR, N))
+        work = pool.take(n, TR, N)
+        d_e = _row_dots(dYS, Q, geo, work)
         dQ.view(n, R, T, N).addcmul_(dYS.view(n, R, T, N), e.view(n, 1, T, 1))
-        dYe = _scale_rows(dY, e, geo, _buffer(dM, (n, TR, p), dY))
+        pool.give(dYS, work)
+        dYe = _scale_rows(dY, e, geo, pool.take(n, TR, p))
         slot = p * N
-        chained = torch.empty((n + 1) * slot, dtype=cd, device=x.device)
+        chained = pool.take((n + 1) * slot)
         torch.bmm(dYe.transpose(1, 2), Q, out=chained[:n * slot].view(n, p, N))
+        pool.give(dYe, dY)
 
         # The recurrence, backwards, in place: the gradient of chunk k's increment (that of the state after
         # it) lands on slot k + 1 of the row's part; row j's first part is set aside first.
@@ -319,15 +378,20 @@ class Mamba3Fused(torch.autograd.Function):
             d_inc[:, k - 1].addcmul_(dec[:, k], d_inc[:, k])
         d_S0 = first.addcmul_(dec[:, 0], d_inc[:, 0]).view(b, h, p, N) if ctx.has_S0 else None
         d_inc = d_inc.view(n, p, N)
-        d_decay = torch.mul(d_inc, starts, out=tmp(starts)).sum(-1).sum(-1)   # (n,)
+        work = pool.take(n, p, N)
+        d_decay = torch.mul(d_inc, starts, out=work).sum(-1).sum(-1)   # (n,)
+        pool.give(work)
 
         # The increments Vᵀ diag(reach) K.
         reach = to_end * wc
-        Z = torch.bmm(V, d_inc, out=_buffer(G, (n, TR, N), Q))      # (n, T·R, N)
-        d_reach = _row_dots(Z, K, geo, tmp(Z))
+        Z = torch.bmm(V, d_inc, out=pool.take(n, TR, N))            # (n, T·R, N)
+        work = pool.take(n, TR, N)
+        d_reach = _row_dots(Z, K, geo, work)
+        pool.give(work)
         dK.view(n, R, T, N).addcmul_(Z.view(n, R, T, N), reach.view(n, 1, T, 1))
         dV.baddbmm_(_scale_rows(K, reach, geo, Z), d_inc.transpose(1, 2))
-        del G, dM, M, dG, dYS, dYe, Z, chained
+        pool.give(Z, chained)
+        del d_inc
 
         # The decays: c = cumsum(la) gives W, e, reach and decay.
         D_ = E * W
@@ -343,20 +407,23 @@ class Mamba3Fused(torch.autograd.Function):
             return t.reshape(b, h, geo.Lp)[:, :, :geo.length].transpose(1, 2)
 
         # Keys and queries: the rotation, the bias, the groups.
-        d_th = _unrotate_grad(geo, dK, K, cos, sin, pairwise)
-        d_th.add_(_unrotate_grad(geo, dQ, Q, cos, sin, pairwise))
+        d_th = _unrotate_grad(geo, dK, K, cos, sin, pairwise, pool)
+        d_th.add_(_unrotate_grad(geo, dQ, Q, cos, sin, pairwise, pool))
         d_theta = geo.seq(d_th.view(b, h, nc, T, -1))
         d_B, d_Bb = _keys_grads(geo, dK)
         d_C, d_Cb = _keys_grads(geo, dQ)
+        pool.give(K, Q, dK, dQ)
 
         # Values: V = x ⊙ mimo_x.
         d_mx = None
         if mimo_x is None:
-            d_x = geo.seq(dV.view(b, h, nc, T, p))
+            d_x = _fresh(geo.seq(dV.view(b, h, nc, T, p)))
         else:
-            dV6 = geo.six(dV)
-            d_x = geo.seq(torch.mul(dV6, geo.per_head(mimo_x, cd), out=geo.six(tmp(dV))).sum(3))
-            d_mx = _sum_positions(torch.mul(dV6, geo.rows(xh), out=geo.six(tmp(dV))))
+            dV6, work = geo.six(dV), geo.six(pool.take(n, TR, p))
+            d_x = geo.seq(torch.mul(dV6, geo.per_head(mimo_x, cd), out=work).sum(3))
+            d_mx = _sum_positions(torch.mul(dV6, geo.rows(xh), out=work))
+            pool.give(work, V)
+        pool.give(dV, xh)
         return (d_x.to(x.dtype), seq_small(d_la), seq_small(d_w), seq_small(d_gam), d_theta.to(theta.dtype),
                 d_B.to(B.dtype), d_C.to(C.dtype), d_Bb.to(B_bias.dtype), d_Cb.to(C_bias.dtype),
                 None if d_D is None else d_D.to(D.dtype), None if d_z is None else d_z.to(z.dtype),
@@ -365,73 +432,99 @@ class Mamba3Fused(torch.autograd.Function):
                 None if d_mo is None else d_mo.to(mimo_o.dtype), d_S0, None, None, None)
 
 
-def _values(geo: _Geometry, x: torch.Tensor, mimo_x, cd, xh: torch.Tensor | None = None) -> torch.Tensor:
-    """V = x ⊙ mimo_x per rank, (n, T·R, p); ``xh``: x head-major (b, h, Lp, p) if already made."""
-    xh = geo.head_major(x, cd) if xh is None else xh
+def _values(geo: _Geometry, xh: torch.Tensor, mimo_x, pool: _Pool) -> torch.Tensor:
+    """V = x ⊙ mimo_x per rank, (n, T·R, p), from x head-major (b, h, Lp, p) (x itself for SISO)."""
     if mimo_x is None:
         return xh.view(geo.n, geo.T, geo.p)
-    return torch.mul(geo.rows(xh), geo.per_head(mimo_x, cd)).view(geo.n, geo.TR, geo.p)
+    V = pool.take(geo.b, geo.h, geo.nc, geo.R, geo.T, geo.p)
+    return torch.mul(geo.rows(xh), geo.per_head(mimo_x, pool.dtype), out=V).view(geo.n, geo.TR, geo.p)
 
 
-def _finish(geo: _Geometry, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd, spare) -> torch.Tensor:
+def _finish(geo: _Geometry, pool: _Pool, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd) -> torch.Tensor:
     """Skip, gate and output projection of Y (n, T·R, p) in the output's layout: (b, L, h, p), or per rank
-    (b, L, R, h, p) for MIMO without mimo_o. ``spare``: tensors no longer used, for buffers."""
+    (b, L, R, h, p) for MIMO without mimo_o."""
     y, own = geo.six(Y), False                                      # own: y is a buffer of ours
     if D is not None:
         y = torch.addcmul(y, geo.six(V), D.to(cd).view(1, geo.h, 1, 1, 1, 1),
-                          out=geo.six(_buffer(spare[0], Y.shape, Y)))
+                          out=geo.six(pool.take(*Y.shape)))
         own = True
     if z is not None:
-        zh = geo.rows(geo.head_major(z, cd))
-        zr = zh if mimo_z is None else torch.mul(zh, geo.per_head(mimo_z, cd),
-                                                 out=geo.six(_buffer(spare[1], Y.shape, Y)))
-        gate = F.silu(zr, inplace=zr is not zh)
-        y, own = (y.mul_(gate) if own else y * gate), True
+        zh = geo.rows(geo.head_major(z, cd, pool))
+        zr = zh
+        if mimo_z is not None:
+            zr = torch.mul(zh, geo.per_head(mimo_z, cd), out=geo.six(pool.take(*Y.shape)))
+            pool.give(zh)
+        gate = F.silu(zr, inplace=True)
+        if own:
+            y.mul_(gate)
+            pool.give(zr)
+        else:
+            y, own = torch.mul(y, gate, out=gate), True
     if mimo_o is not None:
-        mo = geo.per_head(mimo_o, cd)
-        return geo.seq((y.mul_(mo) if own else y * mo).sum(3)).contiguous()     # (b, L, h, p)
-    if mimo_x is not None:
-        return geo.per_rank_seq(y).contiguous()
-    return geo.seq(y.squeeze(3)).contiguous()
-
-
-def _finish_backward(geo: _Geometry, d_out, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd, scratch):
-    """The gradients of Y (n, T·R, p), D, z, mimo_z, mimo_o from that of the output."""
-    b, h, nc, T, R, p = geo.b, geo.h, geo.nc, geo.T, geo.R, geo.p
-    if mimo_x is not None and mimo_o is None:                         # per rank (b, L, R, h, p)
-        d = d_out.new_zeros(b, nc, T, R, h, p, dtype=cd)
-        d.view(b, geo.Lp, R, h, p)[:, :geo.length].copy_(d_out)
-        d = d.permute(0, 4, 1, 3, 2, 5).contiguous()                 # (b, h, nc, R, T, p)
+        out = geo.seq((y.mul_(geo.per_head(mimo_o, cd)) if own else y * geo.per_head(mimo_o, cd)).sum(3))
+    elif mimo_x is not None:
+        out = geo.per_rank_seq(y)
     else:
-        d = geo.rows(geo.head_major(d_out, cd))                      # (b, h, nc, 1, T, p)
-    six_shape = (b, h, nc, R, T, p)
-    dY = d if mimo_o is None else torch.mul(d, geo.per_head(mimo_o, cd))   # the gradient of the gated y
+        out = geo.seq(y.squeeze(3))
+    out = _fresh(out)
+    if own:
+        pool.give(y)
+    return out
+
+
+def _finish_backward(geo: _Geometry, pool: _Pool, d_out, Y, V, D, z, mimo_x, mimo_z, mimo_o, cd):
+    """The gradients of Y (n, T·R, p), D, z, mimo_z, mimo_o from that of the output."""
+    b, h, nc, T, R, p, n = geo.b, geo.h, geo.nc, geo.T, geo.R, geo.p, geo.n
+    six = (b, h, nc, R, T, p)
+    own = mimo_x is not None and mimo_o is None                      # d: a buffer of ours, per rank
+    if own:                                                          # d_out (b, L, R, h, p)
+        d = pool.take(*six)
+        padded = F.pad(d_out.to(cd), (0, 0, 0, 0, 0, 0, 0, geo.pad)) if geo.pad else d_out.to(cd)
+        d.permute(0, 2, 4, 3, 1, 5).copy_(padded.view(b, nc, T, R, h, p))
+    else:
+        d = geo.rows(geo.head_major(d_out, cd, pool))                # (b, h, nc, 1, T, p)
+    # dY, the gradient of the gated y, in a buffer of ours (or d itself, without a gate or mimo_o).
+    dY = d if mimo_o is None else torch.mul(d, geo.per_head(mimo_o, cd), out=pool.take(*six))
+    own = own or mimo_o is not None                                  # dY: a buffer of ours
     d_z = d_mz = d_mo = None
-    tmp = scratch[:geo.n * geo.TR * p].view(six_shape)
     if z is not None or mimo_o is not None:
         y = geo.six(Y)
         if D is not None:
-            y = torch.addcmul(y, geo.six(V), D.to(cd).view(1, h, 1, 1, 1, 1))
+            y = torch.addcmul(y, geo.six(V), D.to(cd).view(1, h, 1, 1, 1, 1), out=pool.take(*six))
+        work = pool.take(*six)
         if z is not None:
-            zh = geo.rows(geo.head_major(z, cd))
-            zr = zh if mimo_z is None else zh * geo.per_head(mimo_z, cd)
-            d_zr = torch.ops.aten.silu_backward(torch.mul(dY, y, out=tmp), zr)
+            zh = geo.rows(geo.head_major(z, cd, pool))
+            zr = zh if mimo_z is None else torch.mul(zh, geo.per_head(mimo_z, cd), out=pool.take(*six))
+            d_zr = torch.ops.aten.silu_backward.grad_input(torch.mul(dY, y, out=work), zr, grad_input=work)
             if mimo_z is None:
-                d_z = d_zr
+                d_z = _fresh(geo.seq(d_zr.squeeze(3)))
             else:
-                d_z = torch.mul(d_zr, geo.per_head(mimo_z, cd), out=tmp).sum(3, keepdim=True)
-                d_mz = _sum_positions(torch.mul(d_zr, zh, out=tmp))
-            d_z = geo.seq(d_z.squeeze(3))
-            gate = F.silu(zr, inplace=zr is not zh) if mimo_z is not None else F.silu(zr)
+                other = pool.take(*six)
+                d_z = geo.seq(torch.mul(d_zr, geo.per_head(mimo_z, cd), out=other).sum(3))
+                d_mz = _sum_positions(torch.mul(d_zr, zh, out=other))
+                pool.give(other)
+            gate = F.silu(zr, inplace=True)                          # zr: z or our buffer
             if mimo_o is not None:
-                d_mo = _sum_positions(torch.mul(y, gate, out=tmp).mul_(d))
-            dY = dY * gate if dY is d else dY.mul_(gate)
+                d_mo = _sum_positions(torch.mul(y, gate, out=work).mul_(d))
+            if own:
+                dY.mul_(gate)
+            else:
+                dY, work = torch.mul(d.expand(six), gate, out=work), None
+            pool.give(zh) if zr is zh else pool.give(zh, zr)
         else:
-            d_mo = _sum_positions(torch.mul(y, d, out=tmp))
-    dY = dY.expand(six_shape).reshape(geo.n, geo.TR, p)
+            d_mo = _sum_positions(torch.mul(y, d, out=work))
+        if work is not None:
+            pool.give(work)
+        if D is not None:
+            pool.give(y)
+    if d.data_ptr() != dY.data_ptr():
+        pool.give(d)
+    dY = dY.expand(six).reshape(n, geo.TR, p)
     d_D = None
     if D is not None:
-        d_D = torch.mul(geo.six(dY), geo.six(V), out=tmp).sum(-1).sum(4).sum(3).sum(2).sum(0)
+        work = pool.take(*six)
+        d_D = torch.mul(geo.six(dY), geo.six(V), out=work).sum(-1).sum(4).sum(3).sum(2).sum(0)
+        pool.give(work)
     return dY, d_D, d_z, d_mz, d_mo
 
 
