@@ -90,6 +90,13 @@ def test_siso_without_gate_or_skip():
 
 
 @pytest.mark.parametrize("mimo, rank", FORMS)
+def test_odd_state_size(mimo, rank):
+    """An odd N (only the (i, i + N/2) pairing applies) takes the real-arithmetic rotation."""
+    args, kwargs = make_inputs(L=9, N=7, n_angles=3, rank=rank, mimo=mimo, requires_grad=True)
+    _compare(args, kwargs, _random_state(2, 4, 3, rank, 7, 3), rotate_pairwise=False, chunk_size=4)
+
+
+@pytest.mark.parametrize("mimo, rank", FORMS)
 def test_fused_fp32_matches_fp64_ref(mimo, rank):
     args, kwargs = make_inputs(L=70, heads=4, p=8, N=16, n_angles=4, rank=rank, mimo=mimo, requires_grad=True)
     state = _random_state(2, 4, 8, rank, 16, 4)

@@ -147,6 +147,56 @@ def _fresh(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
+class _Turn:
+    """The rotation R(θ) of keys and queries: for the pairing (2i, 2i+1), whose pairs are adjacent, one
+    complex multiplication (real arithmetic on every other number is several times slower); for (i, i + N/2)
+    real arithmetic on the two contiguous halves (faster there than reordering for complex numbers)."""
+
+    def __init__(self, theta: torch.Tensor, N: int, pairwise: bool) -> None:
+        self.m, self.N, self.pairwise = theta.shape[-1], N, pairwise  # theta (b, h, nc, 1, T, m)
+        self.complex = pairwise and N % 2 == 0
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        if self.complex:
+            self.rot, self.rot_conj = torch.complex(cos, sin), torch.complex(cos, -sin)
+        else:
+            self.cos, self.sin = cos, sin
+
+    def _turned(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_complex(t.unflatten(-1, (self.N // 2, 2)))[..., :self.m]
+
+    def rotate_(self, K: torch.Tensor, pool: _Pool) -> None:
+        """K (b, h, nc, R, T, N) <- R(θ) K, in place."""
+        if self.complex:
+            self._turned(K).mul_(self.rot)
+            return
+        first, second = _pairs(K, self.m, self.pairwise)
+        turned = torch.mul(first, self.sin, out=pool.take(*first.shape))
+        first.mul_(self.cos).addcmul_(second, self.sin, value=-1)
+        second.mul_(self.cos).add_(turned)
+        pool.give(turned)
+
+    def unrotate_grad_(self, d: torch.Tensor, K: torch.Tensor, pool: _Pool) -> torch.Tensor:
+        """From the gradient ``d`` of the rotated keys ``K`` (b, h, nc, R, T, N): the gradient of the angles
+        (b, h, nc, T, m), and in place in ``d`` that of the keys before the rotation (R(θ)ᵀ d)."""
+        if self.complex:
+            dc = self._turned(d)
+            work = pool.take(*dc.shape, 2)
+            prod = torch.mul(self._turned(K).conj(), dc, out=torch.view_as_complex(work))
+            d_theta = prod.imag.sum(3)                                   # Σ_r k_a d_b - k_b d_a
+            pool.give(work)
+            dc.mul_(self.rot_conj)
+            return d_theta
+        da, db = _pairs(d, self.m, self.pairwise)
+        ka, kb = _pairs(K, self.m, self.pairwise)
+        one, other = pool.take(*da.shape), pool.take(*da.shape)
+        d_theta = torch.mul(db, ka, out=one).sub_(torch.mul(da, kb, out=other)).sum(3)
+        turned = torch.mul(da, self.sin, out=one)
+        da.mul_(self.cos).addcmul_(db, self.sin)
+        db.mul_(self.cos).sub_(turned)
+        pool.give(one, other)
+        return d_theta
+
+
 def _pairs(t: torch.Tensor, m: int, pairwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The two coordinates of the first ``m`` rotated pairs of the last axis of ``t`` (views)."""
     n = t.shape[-1]
@@ -156,10 +206,8 @@ def _pairs(t: torch.Tensor, m: int, pairwise: bool) -> tuple[torch.Tensor, torch
     return t[..., :m], t[..., n // 2:n // 2 + m]
 
 
-def _keys(geo: _Geometry, X: torch.Tensor, bias: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-          pairwise: bool, pool: _Pool) -> torch.Tensor:
-    """R(θ)(X + bias) per head, (n, T·R, N) rank-major, from X (b, L, R, g, N), bias (h, R, N), cos and
-    sin (b, h, nc, 1, T, m); the rotation in place."""
+def _keys(geo: _Geometry, X: torch.Tensor, bias: torch.Tensor, turn: _Turn, pool: _Pool) -> torch.Tensor:
+    """R(θ)(X + bias) per head, (n, T·R, N) rank-major, from X (b, L, R, g, N) and bias (h, R, N)."""
     b, g, hg, nc, T, R, N, dtype = geo.b, geo.g, geo.hg, geo.nc, geo.T, geo.R, geo.N, pool.dtype
     padded = F.pad(X, (0, 0, 0, 0, 0, 0, 0, geo.pad)) if geo.pad else X
     grouped = pool.take(b, g, 1, nc, R, T, N)                        # rank-major, one copy per group
@@ -167,32 +215,13 @@ def _keys(geo: _Geometry, X: torch.Tensor, bias: torch.Tensor, cos: torch.Tensor
     out = pool.take(b, geo.h, nc, R, T, N)
     torch.add(grouped, bias.to(dtype).view(g, hg, 1, R, 1, N), out=out.view(b, g, hg, nc, R, T, N))
     pool.give(grouped)
-    first, second = _pairs(out, cos.shape[-1], pairwise)
-    turned = torch.mul(first, sin, out=pool.take(*first.shape))
-    first.mul_(cos).addcmul_(second, sin, value=-1)
-    second.mul_(cos).add_(turned)
-    pool.give(turned)
+    turn.rotate_(out, pool)
     return out.view(geo.n, geo.TR, N)
 
 
-def _unrotate_grad(geo: _Geometry, d: torch.Tensor, rotated: torch.Tensor, cos: torch.Tensor,
-                   sin: torch.Tensor, pairwise: bool, pool: _Pool) -> torch.Tensor:
-    """From the gradient ``d`` of rotated keys ``rotated`` (n, T·R, N): the gradient of the angles
-    (b, h, nc, T, m), and in place in ``d`` that of the keys before the rotation."""
-    m = cos.shape[-1]
-    da, db = _pairs(geo.six(d), m, pairwise)
-    ka, kb = _pairs(geo.six(rotated), m, pairwise)
-    one, other = pool.take(*da.shape), pool.take(*da.shape)
-    d_theta = torch.mul(db, ka, out=one).sub_(torch.mul(da, kb, out=other)).sum(3)
-    turned = torch.mul(da, sin, out=one)
-    da.mul_(cos).addcmul_(db, sin)
-    db.mul_(cos).sub_(turned)
-    pool.give(one, other)
-    return d_theta
-
-
 def _keys_grads(geo: _Geometry, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradient (n, T·R, N) of the keys before rotation -> those of B (b, L, R, g, N) and the bias."""
+    """The gradient (n, T·R, N) of the keys before the rotation -> those of B (b, L, R, g, N) and the
+    bias (h, R, N)."""
     six = geo.six(d)
     grouped = six.view(geo.b, geo.g, geo.hg, geo.nc, geo.R, geo.T, geo.N).sum(2)
     grouped = grouped.permute(0, 2, 4, 3, 1, 5).reshape(geo.b, geo.Lp, geo.R, geo.g, geo.N)
@@ -269,11 +298,10 @@ class Mamba3Fused(torch.autograd.Function):
         geo = _Geometry(x, B, chunk_size)
         b, h, nc, TR, p, N, n = geo.b, geo.h, geo.nc, geo.TR, geo.p, geo.N, geo.n
         Lmat, W, e, to_end, decay, wc = _decays(geo, la, w, gam, seq_idx)
-        th = geo.rows(geo.head_major(theta, cd))                     # (b, h, nc, 1, T, m)
-        cos, sin = torch.cos(th), torch.sin(th)
+        turn = _Turn(geo.rows(geo.head_major(theta, cd)), N, pairwise)   # θ (b, h, nc, 1, T, m)
         pool = _pool(cd, x.device)
-        K = _keys(geo, B, B_bias, cos, sin, pairwise, pool)          # (n, T·R, N)
-        Q = _keys(geo, C, C_bias, cos, sin, pairwise, pool)
+        K = _keys(geo, B, B_bias, turn, pool)                        # (n, T·R, N)
+        Q = _keys(geo, C, C_bias, turn, pool)
         xh = geo.head_major(x, cd, pool)                             # (b, h, Lp, p)
         V = _values(geo, xh, mimo_x, pool)                           # (n, T·R, p)
 
@@ -321,13 +349,11 @@ class Mamba3Fused(torch.autograd.Function):
         cd = la.dtype
         geo = _Geometry(x, B, ctx.chunk_size)
         b, h, nc, T, R, p, N, n, TR = geo.b, geo.h, geo.nc, geo.T, geo.R, geo.p, geo.N, geo.n, geo.TR
-        pairwise = ctx.pairwise
         Lmat, W, e, to_end, decay, wc = _decays(geo, la, w, gam, seq_idx)
-        th = geo.rows(geo.head_major(theta, cd))
-        cos, sin = torch.cos(th), torch.sin(th)
+        turn = _Turn(geo.rows(geo.head_major(theta, cd)), N, ctx.pairwise)
         pool = _pool(cd, x.device)
-        K = _keys(geo, B, B_bias, cos, sin, pairwise, pool)
-        Q = _keys(geo, C, C_bias, cos, sin, pairwise, pool)
+        K = _keys(geo, B, B_bias, turn, pool)
+        Q = _keys(geo, C, C_bias, turn, pool)
         xh = geo.head_major(x, cd, pool)                             # (b, h, Lp, p)
         V = _values(geo, xh, mimo_x, pool)
 
@@ -407,8 +433,8 @@ class Mamba3Fused(torch.autograd.Function):
             return t.reshape(b, h, geo.Lp)[:, :, :geo.length].transpose(1, 2)
 
         # Keys and queries: the rotation, the bias, the groups.
-        d_th = _unrotate_grad(geo, dK, K, cos, sin, pairwise, pool)
-        d_th.add_(_unrotate_grad(geo, dQ, Q, cos, sin, pairwise, pool))
+        d_th = turn.unrotate_grad_(geo.six(dK), geo.six(K), pool)
+        d_th.add_(turn.unrotate_grad_(geo.six(dQ), geo.six(Q), pool))
         d_theta = geo.seq(d_th.view(b, h, nc, T, -1))
         d_B, d_Bb = _keys_grads(geo, dK)
         d_C, d_Cb = _keys_grads(geo, dQ)
