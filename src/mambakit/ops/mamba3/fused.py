@@ -1,21 +1,27 @@
 """The fused Mamba-3 (:func:`mamba3_fused`): the block decomposition of :mod:`.chunked` as one autograd
 function whose backward is written by hand, for training on CPU.
 
-Per chunk of T positions and head, with the rank folded into the rows (row (t, r) of a (T·R, ·) matrix):
+Per chunk of T positions and head, with the rank folded into the rows (row (r, t) of a (T·R, ·) matrix,
+rank-major, so that sums over the rank run over an outer axis):
 
     K, Q = R(θ)(B + B_bias), R(θ)(C + C_bias)   (T·R, N)     V = x ⊙ mimo_x      (T·R, p)
-    M = (Q Kᵀ) ∘ (W ⊗ 1_{R×R})                   (T·R, T·R)  W as in :mod:`.chunked`
+    M = (Q Kᵀ) ∘ (1_{R×R} ⊗ W)                   (T·R, T·R)  W as in :mod:`.chunked`
     Y = M V + diag(e) Q Sᵀ,   S' = exp(c_end) S + Vᵀ diag(reach) K
     out = Σ_r mimo_o_r ⊙ silu(z ⊙ mimo_z_r) ⊙ (Y_r + D V_r)
 
-with e_t = exp(c_t), reach_s = exp(c_end - c_s) w_s, S the state a chunk starts with (p, N). Every
-product is a batched matmul over (batch, heads, chunks), of (T·R) × (T·R) scores for MIMO: the rank
-adds to the matmuls' sizes, not to the number of passes over memory.
+with e_t = exp(c_t), reach_s = exp(c_end - c_s) w_s, S the state a chunk starts with (p, N). Every product
+is a batched matmul over (batch, heads, chunks), of (T·R) × (T·R) scores for MIMO: the rank adds to the
+matmuls' sizes, not to the number of passes over memory. Four matmuls in the forward, nine in the backward.
 
 Kept for the backward: the inputs, the chunk start states (batch, heads, chunks, p, N) and, when a gate or
-mimo_o follows, the per-rank output Y before the skip (batch, L, R, heads, p). Keys, queries, values,
-scores and decays are recomputed. The backward runs the forward's matmuls transposed (nine against the
-forward's four) and the recurrence over chunks backwards.
+mimo_o follows, the per-rank output Y before the skip (batch, L, R, heads, p). Keys, queries, values, scores
+and decays are recomputed; the recurrence over chunks runs backwards in place. The decays' gradient comes
+from the (T, T) rank-pair sums of dM ∘ G, the columns and rows of W, e, reach and the chunk decays.
+
+Large intermediates come from a per-thread pool (:class:`_Pool`) that keeps them between calls: on CPU a
+fresh multi-MiB tensor costs its page faults, several times the arithmetic of a pass over it, and MIMO has R
+times Mamba-2's per-position intermediates. :func:`release_buffers` frees them. Nothing returned or saved
+lives in a pooled buffer.
 
 What stays outside, to autograd: the angles' cumulative sum, the trapezoid weights (per position and head)
 and the state's start and end, all small.
