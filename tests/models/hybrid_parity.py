@@ -4,6 +4,7 @@ mambakit writes loads back in transformers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mambakit import MambaLMHeadModel
@@ -49,3 +50,43 @@ def mambakit_to_hf(hf_cls, mk: MambaLMHeadModel, tmp_path, seed: int = 2):
     perturb_(mk, seed)
     mk.eval().save_pretrained(tmp_path, format="hf")
     return hf_cls.from_pretrained(tmp_path).eval()
+
+
+@torch.no_grad()
+def cached_equals_full(mk: MambaLMHeadModel, vocab: int, length: int = 19, prefix: int = 7) -> float:
+    """A prefill of ``prefix`` tokens then one step a token give the full-sequence logits (asserted <= TOL);
+    returns the max abs difference."""
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(5))
+    full = mk(ids)
+    cache = mk.allocate_inference_cache(2)
+    start = mk(ids[:, :prefix], state=cache)
+    stepped = torch.stack([mk.step(ids[:, t], cache) for t in range(prefix, length)], 1)
+    diff = float((torch.cat([start, stepped], 1) - full).abs().max())
+    assert diff <= TOL, diff
+    return diff
+
+
+def export_matches(hf_cls, hf_config, tmp_path, vocab: int):
+    """A checkpoint loaded by mambakit, perturbed and exported, loads in transformers with the same logits
+    and generations, and back in mambakit with the same config; returns (transformers model, mambakit
+    model)."""
+    _, mk = hf_to_mambakit(hf_cls, hf_config, tmp_path / "a")
+    hf = mambakit_to_hf(hf_cls, mk, tmp_path / "b")
+    compare(hf, mk, vocab)
+    assert MambaLMHeadModel.from_pretrained(tmp_path / "b").config == mk.config
+    return hf, mk
+
+
+def refuses(tmp_path, hf_model, changes: list[tuple[str, object]], typo: tuple[str, str]) -> None:
+    """``hf_model`` saved, then each (key, value) written into its config.json makes loading raise
+    CheckpointError naming the key; ``typo`` (a misspelt key, the key it is taken for) names the latter."""
+    import json
+
+    from mambakit.errors import CheckpointError
+
+    hf_model.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for key, value in [*changes, (typo[0], 1.0)]:
+        (tmp_path / "config.json").write_text(json.dumps({**raw, key: value}))
+        with pytest.raises(CheckpointError, match=typo[1] if key == typo[0] else key):
+            MambaLMHeadModel.from_pretrained(tmp_path)

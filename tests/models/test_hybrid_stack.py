@@ -43,7 +43,7 @@ def test_each_layer_is_its_kind():
     assert (attn.n_heads, attn.n_kv_heads, attn.rotary_dim, attn.sliding_window) == (4, 2, 4, 6)
     assert model.backbone.layers[0].mixer.ngroups == 2
     cache = model.allocate_inference_cache(2)
-    assert cache[1] == {} and set(cache[2]) == {"key_cache", "value_cache", "length"}
+    assert cache[1] == {} and set(cache[2]) == {"key_cache", "value_cache", "length", "first_key"}
     assert set(cache[0]) == {"conv_state", "ssm_state"}
 
 

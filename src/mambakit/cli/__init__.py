@@ -1,10 +1,10 @@
-"""The command line: ``mambakit train | generate | info | train-tokenizer | tokenize``
+"""The command line: ``mambakit train | generate | serve | info | train-tokenizer | tokenize``
 (also ``python -m mambakit``).
 
 Bad input (missing or unreadable data, a data file smaller than one context, a missing, truncated or foreign
 checkpoint, a ``--resume`` whose flags contradict the run, nonsense flag values) ends with one line on stderr
 and exit code 2, before anything in the run directory is touched. Ctrl-C during training saves a checkpoint
-and exits with code 130. Each subcommand is a module here (train, generate, info, tokenize); the shared
+and exits with code 130. Each subcommand is a module here (train, generate, serve, info, tokenize); the shared
 flag types and the parser are :mod:`.flags`.
 """
 
@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from ..errors import MambakitError
-from . import generate, info, tokenize, train
+from . import generate, info, serve, tokenize, train
 from .flags import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Parser
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "build_parser", "main"]
@@ -39,11 +39,13 @@ def _cmd_plot(args) -> int:
 # ---------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     """The ``mambakit`` argument parser with every subcommand."""
-    parser = Parser(prog="mambakit", description="Mamba language models: train, generate, inspect, plot.")
+    parser = Parser(prog="mambakit",
+                    description="Mamba language models: train, generate, serve, inspect, plot.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train.add_parser(sub)
     generate.add_parser(sub)
     info.add_parser(sub)
+    serve.add_parser(sub)
     tokenize.add_parsers(sub)
     _add_plot_parser(sub)
     return parser

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--tokenizer", metavar="SPEC", help="'byte' or a tokenizer.json (default: saved)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="weights of the large matrices: fp32 (default), bf16, or int8 with per-channel "
+                        "scales; the recurrence stays fp32")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -92,7 +95,7 @@ def _cmd_generate(args) -> int:
     options = _sampling_options(args)
     if not args.prompt:
         raise ConfigError("prompt: expected at least one character, got an empty string")
-    model, directory = load_model(args.checkpoint, args.device)
+    model, directory = load_model(args.checkpoint, args.device, args.dtype)
     tokenizer = load_tokenizer(directory, args.tokenizer, model.config.vocab_size)
     ids = tokenizer.encode(args.prompt)
     if not ids:

@@ -25,8 +25,10 @@ def checkpoint_directory(path: str) -> Path:
     return directory
 
 
-def load_model(path: str, device: str):
-    """The model of a run or checkpoint directory on ``device``, in eval mode, and the directory used."""
+def load_model(path: str, device: str, weights: str = "fp32"):
+    """The model of a run or checkpoint directory on ``device``, in eval mode, and the directory used;
+    ``weights`` "bf16" or "int8" turns its large matrices into low-precision inference weights
+    (:mod:`mambakit.models.quantize`)."""
     from ..models import MambaLMHeadModel
     from ..training.distributed import resolve_device
 
@@ -39,7 +41,9 @@ def load_model(path: str, device: str):
     except Exception as exc:  # anything else from a foreign or damaged directory becomes one line
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"checkpoint: cannot load {str(directory)!r} ({first})") from None
-    return model.to(target).eval(), directory
+    from ..models.quantize import quantize_weights
+
+    return quantize_weights(model.to(target).eval(), weights), directory
 
 
 def load_tokenizer(directory: Path, spec: str | None, vocab_size: int):

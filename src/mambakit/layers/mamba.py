@@ -28,6 +28,7 @@ from ..ops import (
     selective_scan,
     selective_state_update,
 )
+from ..ops.decode import fused_step_applies, mamba_decode_step
 
 
 class MambaBlock(nn.Module):
@@ -44,6 +45,10 @@ class MambaBlock(nn.Module):
         layer_idx: position in the stack (informational).
         scan_backend: passed to :func:`mambakit.ops.selective_scan` ("auto" picks the fastest).
     """
+
+    #: ``step`` may run the fused decoding kernel, which computes exactly this class's _ssm_params split
+    #: (a subclass that changes Δ, B or C on the way turns it off).
+    fused_decode: bool = True
 
     def __init__(
         self,
@@ -236,15 +241,36 @@ class MambaBlock(nn.Module):
             "ssm_state": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),
         }
 
+    def _decay_rates(self) -> torch.Tensor:
+        """A = -exp(A_log), (d_inner, d_state), kept between decoding steps while A_log is unchanged (its
+        version counter moves with every in-place update, e.g. an optimiser step)."""
+        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.dtype, torch.is_grad_enabled())
+        cached = getattr(self, "_A_cached", None)
+        if cached is None or cached[0] != key:
+            cached = (key, -torch.exp(self._upcast(self.A_log)))
+            if not cached[1].requires_grad:
+                self._A_cached = cached
+        return cached[1]
+
     def step(self, hidden_states: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One token: hidden_states (batch, d_model) -> (batch, d_model); updates ``state`` in place, O(1)."""
+        """One token: hidden_states (batch, d_model) -> (batch, d_model); updates ``state`` in place, O(1).
+
+        Outside autograd, on CPU tensors of one precision, the middle of the block (conv window, x_proj,
+        dt_proj, state update, gate) is one fused kernel call (:mod:`mambakit.ops.decode`)."""
         self._check_hidden(hidden_states, 2)
         self._check_state(state, hidden_states.shape[0])
-        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
+        xz = self.in_proj(hidden_states)
+        if self.fused_decode and self.x_proj.bias is None:
+            args = (xz, state["conv_state"], state["ssm_state"], self.conv1d.weight.squeeze(1),
+                    self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                    self._upcast(self.dt_proj.bias), self._decay_rates(), self._upcast(self.D))
+            if fused_step_applies(*args):
+                return self.out_proj(mamba_decode_step(*args, backend="cpu"))
+        x, z = xz.chunk(2, dim=-1)  # (batch, d_inner) each
         x = causal_conv1d_update(x, state["conv_state"], *self._conv_params(x.dtype), activation="silu")
         dt, B, C = self._ssm_params(self.x_proj(x))
         dt = dt @ self.dt_proj.weight.t()  # (batch, d_inner)
-        A = -torch.exp(self._upcast(self.A_log))
+        A = self._decay_rates()
         y = selective_state_update(
             state["ssm_state"],
             x,

@@ -34,6 +34,7 @@ class Mamba2Block(nn.Module):
         d_model: model width.
         d_state: N, the state size per head.  d_conv: width of the causal depthwise convolution.
         expand: d_inner = expand · d_model (must be an integer).
+        d_inner: the inner width itself, in place of expand · d_model (Falcon-H1 sets it on its own).
         headdim: p, channels per head; heads = d_ssm / headdim.
         d_ssm: channels that go through SSD (default d_inner); the remaining d_inner - d_ssm channels form a
             gated MLP beside it, as in ``mamba_ssm``.
@@ -69,6 +70,7 @@ class Mamba2Block(nn.Module):
         bias: bool = False,
         conv_bias: bool = True,
         chunk_size: int = 256,
+        d_inner: int | None = None,
         layer_idx: int | None = None,
         device=None,
         dtype=None,
@@ -81,7 +83,7 @@ class Mamba2Block(nn.Module):
         self.headdim = check_int("headdim", headdim)
         self.ngroups = check_int("ngroups", ngroups)
         self.chunk_size = check_int("chunk_size", chunk_size)
-        d_inner = expand * d_model
+        d_inner = expand * d_model if d_inner is None else check_int("d_inner", d_inner)
         if d_inner != int(d_inner) or d_inner < 1:
             raise ConfigError(f"expand: expand · d_model must be a positive integer, "
                               f"got {expand} · {d_model}")
@@ -224,11 +226,13 @@ class Mamba2Block(nn.Module):
         """
         check_int("batch_size", batch_size)
         device = self.in_proj.weight.device if device is None else device
+        # in_proj's precision, as mamba_ssm; float32 where in_proj holds low-precision inference weights
+        ssm_dtype = self.in_proj.weight.dtype if isinstance(self.in_proj, nn.Linear) else torch.float32
         return {
             "conv_state": torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device,
                                       dtype=dtype or self.conv1d.weight.dtype),
             "ssm_state": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                                     dtype=dtype or self.in_proj.weight.dtype),
+                                     dtype=dtype or ssm_dtype),
         }
 
     def step(self, hidden_states: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -53,13 +53,15 @@ class Mamba3Block(nn.Module):
         is_mimo, mimo_rank: MIMO with rank R (SISO: R = 1).
         fuse_pregate_headwise_norm: a kernel choice of the official code; the same result here.
         chunk_size: chunk length of the chunked form.  layer_idx: the layer's index (for the protocol).
+        backend: passed to :func:`mambakit.ops.mamba3.mamba3` ("auto" picks the fastest form).
     """
 
     def __init__(self, d_model: int, d_state: int = 128, expand: float = 2, headdim: int = 64,
                  ngroups: int = 1, rope_fraction: float = 0.5, dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, A_floor: float = 1e-4, is_outproj_norm: bool = False,
                  is_mimo: bool = False, mimo_rank: int = 4, fuse_pregate_headwise_norm: bool = True,
-                 chunk_size: int = 64, layer_idx: int | None = None, device=None, dtype=None) -> None:
+                 chunk_size: int = 64, layer_idx: int | None = None, backend: str = "auto", device=None,
+                 dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model = check_int("d_model", d_model)
@@ -67,6 +69,7 @@ class Mamba3Block(nn.Module):
         self.headdim = check_int("headdim", headdim)
         self.ngroups = check_int("ngroups", ngroups)
         self.chunk_size = check_int("chunk_size", chunk_size)
+        self.backend = backend
         self.is_mimo, self.is_outproj_norm = bool(is_mimo), bool(is_outproj_norm)
         self.mimo_rank = check_int("mimo_rank", mimo_rank) if self.is_mimo else 1
         self.fuse_pregate_headwise_norm = fuse_pregate_headwise_norm
@@ -181,7 +184,7 @@ class Mamba3Block(nn.Module):
         initial = None if state is None else self._check_state(state, hidden_states.shape[0])
         z, args = self._inputs(hidden_states)
         result = mamba3(**args, initial_state=initial, seq_idx=seq_idx, return_final_state=state is not None,
-                        chunk_size=self.chunk_size)
+                        chunk_size=self.chunk_size, backend=self.backend)
         if state is not None:
             result, final = result
             for key, value in zip(STATE_KEYS, final, strict=True):

@@ -20,6 +20,8 @@ class MambaBlockNormedSSM(MambaBlock):
     Extra parameters: dt_layernorm.weight (dt_rank,), b_layernorm.weight and c_layernorm.weight (d_state,).
     """
 
+    fused_decode = False  # the fused decoding kernel does not apply the norms
+
     def __init__(self, d_model: int, *args, norm_eps: float = 1e-6, device=None, dtype=None,
                  **kwargs) -> None:
         super().__init__(d_model, *args, device=device, dtype=dtype, **kwargs)

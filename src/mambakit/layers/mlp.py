@@ -93,17 +93,22 @@ class GatedMLP(StatelessMixer):
                               "['activation', 'bias', 'd_intermediate', 'gated']")
         return cls(config.d_model, **options, layer_idx=layer_idx, device=device, dtype=dtype)
 
-    def forward(self, hidden_states: Tensor, state: dict | None = None) -> Tensor:
-        """hidden_states (..., d_model) -> (..., d_model); ``state`` (stateless: {}) is ignored."""
+    def forward(self, hidden_states: Tensor, state: dict | None = None,
+                seq_idx: Tensor | None = None) -> Tensor:
+        """hidden_states (..., d_model) -> (..., d_model); ``state`` (stateless: {}) and ``seq_idx`` (each
+        position on its own: packing changes nothing) are ignored."""
         check_tensor("hidden_states", hidden_states)
         if hidden_states.shape[-1] != self.d_model:
             raise ShapeError(f"hidden_states: expected last dimension d_model={self.d_model}, "
                              f"got shape {tuple(hidden_states.shape)}")
-        h = self.fc1(hidden_states)
+        return self.fc2(self.combine(self.fc1(hidden_states)))
+
+    def combine(self, h: Tensor) -> Tensor:
+        """fc1's output (..., rows) -> fc2's input (..., d_intermediate): value · act(gate), or act(h)."""
         if self.gated:
             value, gate = h.chunk(2, dim=-1)
-            return self.fc2(value * self.act(gate))
-        return self.fc2(self.act(h))
+            return value * self.act(gate)
+        return self.act(h)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_intermediate={self.d_intermediate}, "

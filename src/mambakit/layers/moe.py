@@ -113,8 +113,10 @@ class MoE(StatelessMixer):
             return (value * self.act(gate)) @ self.fc2[e].T
         return self.act(h) @ self.fc2[e].T
 
-    def forward(self, hidden_states: Tensor, state: dict | None = None) -> Tensor:
-        """hidden_states (..., d_model) -> (..., d_model); ``state`` (stateless: {}) is ignored."""
+    def forward(self, hidden_states: Tensor, state: dict | None = None,
+                seq_idx: Tensor | None = None) -> Tensor:
+        """hidden_states (..., d_model) -> (..., d_model); ``state`` (stateless: {}) and ``seq_idx`` (each
+        position on its own: packing changes nothing) are ignored."""
         check_tensor("hidden_states", hidden_states)
         if hidden_states.shape[-1] != self.d_model:
             raise ShapeError(f"hidden_states: expected last dimension d_model={self.d_model}, "

@@ -100,7 +100,9 @@ class MambaConfig:
     layers (or is a pattern string such as "M-M*-"); ``layer_cfg[kind]`` holds the options of each kind other
     than ``mixer``. ``embedding_multiplier`` scales the embeddings and ``logits_multiplier`` the logits (1 in
     Mamba; Granite 4.0 and Falcon-H1 set them). ``hf_model_type`` names the transformers family a hybrid is
-    written as by ``save_pretrained(format="hf")`` (set when such a checkpoint is loaded).
+    written as by ``save_pretrained(format="hf")`` (set when such a checkpoint is loaded). ``shared_cfg``
+    describes transformer blocks shared by several layers (Zamba2), whose output joins the input of those
+    layers' norms (:class:`~mambakit.layers.shared_transformer.SharedTransformer`'s options; {}: none).
     """
 
     d_model: int
@@ -127,6 +129,7 @@ class MambaConfig:
     embedding_multiplier: float = 1.0
     logits_multiplier: float = 1.0
     hf_model_type: str | None = None
+    shared_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.layer_types = parse_layer_types(self.layer_types)
@@ -175,6 +178,13 @@ class MambaConfig:
         if self.hf_model_type is not None and not isinstance(self.hf_model_type, str):
             fail("hf_model_type", "None or a transformers model_type such as 'bamba'")
         validate_layer_types(self)
+        if not isinstance(self.shared_cfg, dict):
+            fail("shared_cfg", "a dict of SharedTransformer options ({}: no shared blocks)")
+        layers = self.shared_cfg.get("layers", [])
+        if self.shared_cfg and (not isinstance(layers, (list, tuple)) or not layers or any(
+                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.n_layer for i in layers)):
+            raise ConfigError(f"MambaConfig.shared_cfg['layers']: expected a non-empty list of layer indices "
+                              f"in [0, {self.n_layer}), got {layers!r}")
         if self.mixer == "mamba" and self.mixer_cfg:
             fail("mixer_cfg", "{} for mixer 'mamba' (its options are MambaConfig fields)")
         if self.mixer == "mamba2":

@@ -29,6 +29,7 @@ from torch import nn
 from .._checks import check_input_ids, check_int, check_same_device, compute_dtype
 from ..errors import ConfigError
 from ..layers import RMSNorm, RMSNormGated
+from ..layers.shared_transformer import SharedTransformer
 from ..ops import packing
 from . import generation, pretrained
 from .cache import InferenceCache
@@ -58,12 +59,22 @@ class MixerModel(nn.Module):
         self.embedding_multiplier = config.embedding_multiplier
         self.embedding = nn.Embedding(config.vocab_size_padded, config.d_model, device=device, dtype=dtype)
         self.layers = nn.ModuleList(ResidualBlock(config, i, device, dtype) for i in range(config.n_layer))
+        self.shared = SharedTransformer.from_config(config, device, dtype)  # None without shared blocks
         norm_cls = RMSNorm if config.rms_norm else nn.LayerNorm
         self.norm_f = norm_cls(config.d_model, eps=config.norm_epsilon, device=device, dtype=dtype)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.embedding(input_ids)
         return hidden if self.embedding_multiplier == 1 else hidden * self.embedding_multiplier
+
+    def _norm_input(self, i: int, residual: torch.Tensor, embeddings: torch.Tensor, state,
+                    one: bool = False, **packing) -> torch.Tensor:
+        """Layer i's norm input: the residual, plus the shared block's term where a use precedes layer i."""
+        if self.shared is None or not self.shared.uses_at(i):
+            return residual
+        if one:
+            return residual + self.shared.step(i, residual, embeddings, state)
+        return residual + self.shared(i, residual, embeddings, state, **packing)
 
     def _add(self, residual: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         if self.residual_in_fp32:  # float32 (float64 stays float64), whatever the layers' precision
@@ -77,10 +88,12 @@ class MixerModel(nn.Module):
         if seq_idx is not None:
             self.check_packing()
         packing = {} if seq_idx is None else {"seq_idx": seq_idx}
-        residual = self._embed(input_ids)
+        residual = embeddings = self._embed(input_ids)
         for i, layer in enumerate(self.layers):
-            hidden = layer.norm(residual.to(layer.norm.weight.dtype))
-            update = layer.mixer(hidden, state=None if state is None else state[i], **packing)
+            layer_state = None if state is None else state[i]
+            hidden = self._norm_input(i, residual, embeddings, layer_state, **packing)
+            hidden = layer.norm(hidden.to(layer.norm.weight.dtype))
+            update = layer.mixer(hidden, state=layer_state, **packing)
             residual = self._add(residual, update)
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
@@ -89,13 +102,15 @@ class MixerModel(nn.Module):
         for i, layer in enumerate(self.layers):
             if "seq_idx" not in inspect.signature(layer.mixer.forward).parameters:
                 raise ConfigError(f"seq_idx: layer {i}'s mixer ({type(layer.mixer).__name__}) does not take "
-                                  "packed or padded sequences; the Mamba, Mamba-2 and Mamba-3 blocks do")
+                                  "packed or padded sequences (Mamba, Mamba-2, Mamba-3, attention, MLP and "
+                                  "MoE layers do)")
 
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """input_ids (batch,) -> hidden states (batch, d_model); advances every layer's state by one token."""
-        residual = self._embed(input_ids)
+        residual = embeddings = self._embed(input_ids)
         for i, layer in enumerate(self.layers):
-            hidden = layer.norm(residual.to(layer.norm.weight.dtype))
+            hidden = self._norm_input(i, residual, embeddings, state[i], one=True)
+            hidden = layer.norm(hidden.to(layer.norm.weight.dtype))
             residual = self._add(residual, layer.mixer.step(hidden, state[i]))
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
@@ -215,10 +230,12 @@ class MambaLMHeadModel(nn.Module):
         (batch, d_inner, d_state); for Mamba-2, conv_state (batch, conv_dim, d_conv) and ssm_state
         (batch, heads, headdim, d_state))."""
         check_int("batch_size", batch_size)
-        return InferenceCache([
-            layer.mixer.allocate_state(batch_size, device=device, dtype=dtype)
-            for layer in self.backbone.layers
-        ])
+        states = [layer.mixer.allocate_state(batch_size, device=device, dtype=dtype)
+                  for layer in self.backbone.layers]
+        shared = self.backbone.shared
+        for i in shared.layers if shared is not None else []:  # a shared block's use keeps its own cache
+            states[i] = {**states[i], **shared.allocate_state(i, batch_size, device=device, dtype=dtype)}
+        return InferenceCache(states)
 
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """One token per row: input_ids (batch,) -> logits (batch, vocab_size_padded); O(1) work per token."""
@@ -296,4 +313,7 @@ class MambaLMHeadModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike, format: str = "mambakit") -> None:
         """Write ``config.json`` and ``model.safetensors``: ``format="mambakit"`` (state-spaces layout) or
         ``"hf"`` (transformers ``MambaForCausalLM``); see :mod:`.pretrained`."""
+        if getattr(self, "quantized_weights", None) is not None:
+            raise ConfigError(f"save_pretrained: this model holds {self.quantized_weights} inference weights "
+                              "(quantize_weights); save the float model it was made from")
         pretrained.save_pretrained(self, path, format=format)

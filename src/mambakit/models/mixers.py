@@ -4,7 +4,8 @@ A factory takes ``(config, layer_idx, device, dtype)`` and returns an ``nn.Modul
 protocol: ``forward(hidden_states (batch, L, d_model), state=None)``, ``allocate_state(batch_size, device,
 dtype)`` and ``step(hidden_states (batch, d_model), state)``. Other mixers (S4D, LRU, attention, ...) register
 themselves here, and so do the feed-forward kinds of hybrid stacks ("mlp", "moe"; stateless: their state is
-an empty dict) and Jamba's Mamba ("mamba_bcdt_norm"). A hybrid's layer kinds come from
+an empty dict), Jamba's Mamba ("mamba_bcdt_norm") and Falcon-H1's attention beside Mamba-2
+("parallel_hybrid"). A hybrid's layer kinds come from
 ``MambaConfig.layer_types`` (:mod:`.layer_types`).
 """
 
@@ -24,6 +25,7 @@ from ..layers.mamba3 import Mamba3Block
 from ..layers.mamba_normed import MambaBlockNormedSSM
 from ..layers.mlp import GatedMLP
 from ..layers.moe import MoE
+from ..layers.parallel_hybrid import ParallelAttentionMamba2
 from ..layers.s4 import S4
 from ..layers.s4d import S4D
 from .layer_types import kind_config, layer_kind
@@ -74,6 +76,7 @@ _MIXERS: dict[str, MixerFactory] = {
     "mamba_bcdt_norm": _build_mamba_normed,
     "mlp": GatedMLP.from_config,
     "moe": MoE.from_config,
+    "parallel_hybrid": ParallelAttentionMamba2.from_config,
 }
 
 

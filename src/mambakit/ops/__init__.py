@@ -17,7 +17,7 @@ from .official import (
 )
 from .packing import seq_idx_from_attention_mask, seq_idx_from_cu_seqlens, seq_idx_from_position_ids
 from .selective_scan import available_backends, selective_scan, selective_scan_ref, selective_state_update
-from .ssd import ssd, ssd_chunked, ssd_minimal, ssd_quadratic, ssd_ref, ssd_state_update
+from .ssd import ssd, ssd_chunked, ssd_minimal, ssd_quadratic, ssd_ref, ssd_state_update, ssd_state_update_ref
 
 __all__ = [
     "available_backends",
@@ -48,4 +48,5 @@ __all__ = [
     "ssd_quadratic",
     "ssd_ref",
     "ssd_state_update",
+    "ssd_state_update_ref",
 ]

@@ -70,9 +70,7 @@ def weights_from_hf(tensors: H.Tensors, config: MambaConfig, raw: dict[str, Any]
     out = H.ends(t, config, "model.embed_tokens.weight", "model.final_layernorm.weight")
     for i in range(config.n_layer // 2):
         hf = f"model.layers.{i}."
-        out[H.layer(2 * i) + "norm.weight"] = t.pop(hf + "input_layernorm.weight")
-        H.put(out, H.layer(2 * i) + "mixer.", H.take(t, hf + "mamba."))
-        H.put(out, H.layer(2 * i) + "mixer.", H.attention_from_hf(H.take(t, hf + "self_attn.")))
+        H.mixer_from_hf(t, out, i)
         out[H.layer(2 * i + 1) + "norm.weight"] = t.pop(hf + "pre_ff_layernorm.weight")
         H.put(out, H.layer(2 * i + 1) + "mixer.", H.mlp_from_hf(H.take(t, hf + "feed_forward.")))
     return {**t, **out}
@@ -85,14 +83,9 @@ def weights_to_hf(tensors: H.Tensors, config: MambaConfig) -> H.Tensors:
     a = config.layer_cfg.get("attention", {})
     for i, (kind, _) in enumerate(H.paired_layers(config, "Bamba", ("mamba2", "attention"), ("mlp",))):
         hf = f"model.layers.{i}."
-        out[hf + "input_layernorm.weight"] = t.pop(H.layer(2 * i) + "norm.weight")
-        mixer = H.take(t, H.layer(2 * i) + "mixer.")
-        if kind == "attention":
-            heads = a.get("n_heads", max(1, config.d_model // 16))
-            H.put(out, hf + "self_attn.", H.attention_to_hf(mixer, heads, a.get("n_kv_heads", heads),
-                                                            config.d_model // heads))
-        else:
-            H.put(out, hf + "mamba.", mixer)
+        heads = a.get("n_heads", max(1, config.d_model // 16))
+        attention = (heads, a.get("n_kv_heads", heads), config.d_model // heads)
+        H.mixer_to_hf(t, out, i, attention if kind == "attention" else None)
         out[hf + "pre_ff_layernorm.weight"] = t.pop(H.layer(2 * i + 1) + "norm.weight")
         H.put(out, hf + "feed_forward.", H.mlp_to_hf(H.take(t, H.layer(2 * i + 1) + "mixer."), gated=True))
     return {**t, **out}

@@ -10,9 +10,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from ...errors import ConfigError
-from . import bamba, granite, nemotron_h
+from . import bamba, falcon_h1, granite, jamba, nemotron_h, zamba2
 
-FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m for m in (bamba, granite, nemotron_h)}
+FAMILIES: dict[str, ModuleType] = {m.MODEL_TYPE: m
+                                   for m in (bamba, falcon_h1, granite, jamba, nemotron_h, zamba2)}
 
 
 def family(model_type: str | None, field: str = "MambaConfig.hf_model_type") -> ModuleType:

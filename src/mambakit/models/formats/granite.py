@@ -114,10 +114,8 @@ def weights_from_hf(tensors: H.Tensors, config: MambaConfig, raw: dict[str, Any]
     t = dict(tensors)
     out = H.ends(t, config, "model.embed_tokens.weight", "model.norm.weight")
     for i in range(config.n_layer // 2):
-        hf, mixer, ffn = f"model.layers.{i}.", H.layer(2 * i), H.layer(2 * i + 1)
-        out[mixer + "norm.weight"] = t.pop(hf + "input_layernorm.weight")
-        H.put(out, mixer + "mixer.", H.take(t, hf + "mamba."))
-        H.put(out, mixer + "mixer.", H.attention_from_hf(H.take(t, hf + "self_attn.")))
+        hf, ffn = f"model.layers.{i}.", H.layer(2 * i + 1)
+        H.mixer_from_hf(t, out, i)
         out[ffn + "norm.weight"] = t.pop(hf + "post_attention_layernorm.weight")
         shared = H.take(t, hf + "shared_mlp.")
         dense = {"fc1.weight": H.swap_halves(shared.pop("input_linear.weight")),
@@ -147,12 +145,7 @@ def weights_to_hf(tensors: H.Tensors, config: MambaConfig) -> H.Tensors:
     for i, (kind, ffn_kind) in enumerate(H.paired_layers(config, "Granite 4.0", ("mamba2", "attention"),
                                                          ("mlp", "moe"))):
         hf = f"model.layers.{i}."
-        out[hf + "input_layernorm.weight"] = t.pop(H.layer(2 * i) + "norm.weight")
-        mixer = H.take(t, H.layer(2 * i) + "mixer.")
-        if kind == "attention":
-            H.put(out, hf + "self_attn.", H.attention_to_hf(mixer, heads, kv, config.d_model // heads))
-        else:
-            H.put(out, hf + "mamba.", mixer)
+        H.mixer_to_hf(t, out, i, (heads, kv, config.d_model // heads) if kind == "attention" else None)
         out[hf + "post_attention_layernorm.weight"] = t.pop(H.layer(2 * i + 1) + "norm.weight")
         ffn = H.take(t, H.layer(2 * i + 1) + "mixer.")
         if ffn_kind == "moe":

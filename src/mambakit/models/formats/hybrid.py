@@ -128,6 +128,28 @@ def ends_to_hf(tensors: Tensors, config: MambaConfig, embedding: str, norm_f: st
     return out
 
 
+def mixer_from_hf(t: Tensors, out: Tensors, i: int, norm: str = "input_layernorm") -> None:
+    """HF layer i's norm and mixer (``mamba.*`` or ``self_attn.*``, whichever it holds) -> the model's layer
+    2i, moved from ``t`` into ``out``."""
+    hf, mine = f"model.layers.{i}.", layer(2 * i)
+    out[mine + "norm.weight"] = t.pop(hf + norm + ".weight")
+    put(out, mine + "mixer.", take(t, hf + "mamba."))
+    put(out, mine + "mixer.", attention_from_hf(take(t, hf + "self_attn.")))
+
+
+def mixer_to_hf(t: Tensors, out: Tensors, i: int, attention: tuple[int, int, int] | None,
+                norm: str = "input_layernorm") -> None:
+    """Inverse of :func:`mixer_from_hf`; ``attention``: (n_heads, n_kv_heads, head_dim) when the layer is
+    an attention, None for a Mamba mixer."""
+    hf = f"model.layers.{i}."
+    out[hf + norm + ".weight"] = t.pop(layer(2 * i) + "norm.weight")
+    mixer = take(t, layer(2 * i) + "mixer.")
+    if attention is None:
+        put(out, hf + "mamba.", mixer)
+    else:
+        put(out, hf + "self_attn.", attention_to_hf(mixer, *attention))
+
+
 def _pair(sub: Tensors, names: tuple[str, ...], fused: str, out: Tensors) -> None:
     """Concatenate sub[name.weight] (and .bias) for ``names`` into out[fused.weight/.bias]."""
     for leaf in ("weight", "bias"):

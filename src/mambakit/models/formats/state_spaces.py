@@ -45,7 +45,7 @@ _STATE_SPACES_KEYS = frozenset(
 ) | {"mixer", "norm_epsilon", "mixer_cfg"}  # mambakit additions, written only when not the official behaviour
 # mambakit's hybrid keys (MambaConfig fields of the same names), written only when not the default
 _HYBRID_FIELDS = {"layer_types": None, "layer_cfg": {}, "embedding_multiplier": 1.0, "logits_multiplier": 1.0,
-                  "hf_model_type": None}
+                  "hf_model_type": None, "shared_cfg": {}}
 _STATE_SPACES_KEYS |= frozenset(_HYBRID_FIELDS)
 
 

@@ -10,9 +10,23 @@ import torch
 from ...errors import ConfigError
 from .ref import mamba_decode_step_ref
 
-__all__ = ["mamba_decode_step", "mamba_decode_step_ref"]
+__all__ = ["fused_step_applies", "mamba_decode_step", "mamba_decode_step_ref"]
 
 _BACKENDS = ("auto", "ref", "cpu")
+
+
+def fused_step_applies(xz, conv_state, ssm_state, *params) -> bool:
+    """Whether the fused kernel can run these arguments: CPU tensors, all float32 or all float64, and
+    nothing that autograd would need to differentiate."""
+    tensors = [xz, conv_state, ssm_state, *(p for p in params if p is not None)]
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return False
+    dtype = xz.dtype
+    if dtype not in (torch.float32, torch.float64) or any(t.dtype != dtype for t in tensors):
+        return False
+    if any(t.device.type != "cpu" for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def mamba_decode_step(
@@ -34,8 +48,6 @@ def mamba_decode_step(
     if backend not in _BACKENDS:
         raise ConfigError(f"backend: expected one of {list(_BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        from .cpu import fused_step_applies
-
         backend = "cpu" if fused_step_applies(xz, conv_state, ssm_state, conv_weight, conv_bias,
                                                x_proj_weight, dt_proj_weight, dt_proj_bias, A, D) else "ref"
     if backend == "cpu":

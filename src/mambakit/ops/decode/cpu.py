@@ -16,6 +16,7 @@ from ..._checks import check_shape, check_tensor
 from ...errors import DeviceError, DTypeError
 from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus
 from ..cpu.threads import run_blocks, split_pairs
+from . import fused_step_applies
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -61,20 +62,6 @@ def _decode_rows(xz, conv_state, ssm_state, conv_w, conv_b, x_proj_w, dt_w, dt_b
                 acc += D[d] * x
             zt = xz[b, d_inner + d]
             out[b, d] = acc * (zt * scalar_sigmoid(zt))
-
-
-def fused_step_applies(xz, conv_state, ssm_state, *params) -> bool:
-    """Whether the fused kernel can run these arguments: CPU tensors, all float32 or all float64, and
-    nothing that autograd would need to differentiate."""
-    tensors = [xz, conv_state, ssm_state, *(p for p in params if p is not None)]
-    if not all(isinstance(t, torch.Tensor) for t in tensors):
-        return False
-    dtype = xz.dtype
-    if dtype not in (torch.float32, torch.float64) or any(t.dtype != dtype for t in tensors):
-        return False
-    if any(t.device.type != "cpu" for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def mamba_decode_step_cpu(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,

@@ -18,7 +18,9 @@ SISO has no mimo_* tensors (all ones, R = 1).
 - :func:`mamba3_step` (:mod:`.ref`) is one position, updating a :class:`Mamba3State` (angle, ssm, k, v) in
   place, for generation.
 - :func:`mamba3_chunked` (:mod:`.chunked`) is the SSD block decomposition with the trapezoid folded into
-  the chunk mask: the training path.
+  the chunk mask, differentiated by autograd.
+- :func:`mamba3_fused` (:mod:`.fused`) is the same decomposition as one autograd function with a
+  hand-written backward that keeps only the inputs and the chunk start states: the training path.
 
 :func:`mamba3` picks a form with ``backend``. Layouts: x, z (batch, L, heads, p); dt, A, trap (batch, L,
 heads); B, C (batch, L, R, groups, N); angles (batch, L, heads, n_angles); B_bias, C_bias (heads, R, N); D
@@ -33,11 +35,13 @@ from ..._checks import check_int
 from ...errors import ConfigError
 from .chunked import mamba3_chunked
 from .common import Mamba3State
+from .fused import mamba3_fused
 from .ref import mamba3_ref, mamba3_step
 
-__all__ = ["Mamba3State", "available_backends", "mamba3", "mamba3_chunked", "mamba3_ref", "mamba3_step"]
+__all__ = ["Mamba3State", "available_backends", "mamba3", "mamba3_chunked", "mamba3_fused", "mamba3_ref",
+           "mamba3_step"]
 
-_BACKENDS = ("chunked", "ref")
+_BACKENDS = ("chunked", "fused", "ref")
 
 
 def available_backends() -> list[str]:
@@ -67,8 +71,10 @@ def mamba3(
     chunk_size: int = 64,
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, Mamba3State]:
-    """Mamba-3 with a chosen form: "auto" (= "chunked") or "ref"; arguments as :func:`mamba3_ref`, plus
-    ``chunk_size`` (checked for every backend).
+    """Mamba-3 with a chosen form: "fused", "chunked", "ref" or "auto" ("fused" on CPU, where it measured
+    faster than "chunked" for SISO and MIMO, see docs/benchmarks.md; "chunked" elsewhere, not measured);
+    arguments as :func:`mamba3_ref`, plus ``chunk_size`` (checked for every backend). "fused" is not twice
+    differentiable; "chunked" is.
 
     Raises:
         ConfigError: an unknown ``backend`` (the message lists the valid names) or a bad ``chunk_size``.
@@ -81,4 +87,6 @@ def mamba3(
                   seq_idx=seq_idx, rotate_pairwise=rotate_pairwise, return_final_state=return_final_state)
     if backend == "ref":
         return mamba3_ref(*args, **kwargs)
-    return mamba3_chunked(*args, **kwargs, chunk_size=chunk_size)
+    if backend == "chunked" or (backend == "auto" and x.device.type != "cpu"):
+        return mamba3_chunked(*args, **kwargs, chunk_size=chunk_size)
+    return mamba3_fused(*args, **kwargs, chunk_size=chunk_size)

@@ -55,6 +55,35 @@ def _segmented_cumsum(inc: torch.Tensor, theta0: torch.Tensor, seq_idx: torch.Te
     return total - offset
 
 
+def prologue(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o, initial_state,
+             seq_idx, rotate_pairwise, chunk_size):
+    """What the chunked forms do first: check the arguments; returns the sizes, the RoPE pairing, the
+    compute dtype, the start state and, for L = 0, the (empty) output (else None)."""
+    dims = check_mamba3_args(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o,
+                             seq_idx)
+    check_int("chunk_size", chunk_size)
+    mimo = mimo_x is not None
+    dtype = compute_dtype(x)
+    state = start_state(dims, x, initial_state, dtype)
+    empty = empty_output(dims, x, mimo and mimo_o is None) if dims.length == 0 else None
+    return dims, resolve_pairing(rotate_pairwise, mimo), dtype, state, empty
+
+
+def per_position(dt, A, trap, angles, state: Mamba3State, seq_idx, mimo_x, dtype):
+    """The per-position quantities of the SSD form: the log-decays AΔ, the wrapped angles θ (b, L, h, m),
+    γ = λΔ and w_t = λ_tΔ_t + (1 - λ_{t+1})Δ_{t+1} (b, L, h), and the start value S_{-1} = H_{-1} +
+    (1 - λ_0)Δ_0 Σ_r v_{-1,r} k_{-1,r}ᵀ (b, h, p, N)."""
+    delta, a = dt.to(dtype), A.to(dtype) * dt.to(dtype)
+    theta = wrap_angle(_segmented_cumsum(angle_increment(angles.to(dtype), delta), state.angle, seq_idx))
+    gamma, before = trapezoid_weights(delta, trap.to(dtype))
+    nxt = F.pad(before[:, 1:], (0, 0, 0, 1))                        # (1 - λ_{t+1})Δ_{t+1}
+    if seq_idx is not None:
+        nxt = nxt * F.pad(seq_idx[:, 1:] == seq_idx[:, :-1], (0, 1)).to(dtype)[..., None]
+    S = state.ssm + before[:, 0, :, None, None] * torch.einsum(
+        "brhp,brhn->bhpn", values(state.v, mimo_x), state.k)
+    return a, theta, gamma, gamma + nxt, S
+
+
 def mamba3_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -78,25 +107,15 @@ def mamba3_chunked(
 ) -> torch.Tensor | tuple[torch.Tensor, Mamba3State]:
     """Chunked Mamba-3; arguments and results as :func:`~mambakit.ops.mamba3.ref.mamba3_ref`, plus
     ``chunk_size`` (positions per chunk, >= 1; L need not be a multiple of it)."""
-    dims = check_mamba3_args(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x, mimo_z, mimo_o,
-                             seq_idx)
-    check_int("chunk_size", chunk_size)
+    dims, pairwise, dtype, state, empty = prologue(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x,
+                                                   mimo_z, mimo_o, initial_state, seq_idx, rotate_pairwise,
+                                                   chunk_size)
+    if empty is not None:
+        return (empty, state) if return_final_state else empty
     mimo = mimo_x is not None
-    pairwise = resolve_pairing(rotate_pairwise, mimo)
-    dtype = compute_dtype(x)
     b, length, h, p, R = dims.batch, dims.length, dims.heads, dims.headdim, dims.rank
-    state = start_state(dims, x, initial_state, dtype)
-    if length == 0:
-        out = empty_output(dims, x, mimo and mimo_o is None)
-        return (out, state) if return_final_state else out
 
-    delta, a = dt.to(dtype), A.to(dtype) * dt.to(dtype)            # (b, L, h): Δ and the log-decays AΔ
-    theta = wrap_angle(_segmented_cumsum(angle_increment(angles.to(dtype), delta), state.angle, seq_idx))
-    gamma, before = trapezoid_weights(delta, trap.to(dtype))
-    nxt = F.pad(before[:, 1:], (0, 0, 0, 1))                        # (1 - λ_{t+1})Δ_{t+1}
-    if seq_idx is not None:
-        nxt = nxt * F.pad(seq_idx[:, 1:] == seq_idx[:, :-1], (0, 1)).to(dtype)[..., None]
-    w = gamma + nxt
+    a, theta, gamma, w, S = per_position(dt, A, trap, angles, state, seq_idx, mimo_x, dtype)
 
     # Head-major from here on: keys, queries, values (b, h, L, R, d), written once in that layout.
     th = theta.transpose(1, 2).unsqueeze(3)                           # (b, h, L, 1, m)
@@ -151,9 +170,7 @@ def mamba3_chunked(
     reach = torch.exp(to_end) * wc                                   # (b, h, nc, T)
     reach = reach if R == 1 else reach.repeat_interleave(R, dim=-1)
     increments = (vc * reach[..., None]).transpose(-1, -2) @ kc      # (b, h, nc, p, N)
-    # 3. The recurrence over chunks, from S_{-1} = H_{-1} + (1 - λ_0)Δ_0 Σ_r v_{-1,r} k_{-1,r}ᵀ.
-    S = state.ssm + before[:, 0, :, None, None] * torch.einsum(
-        "brhp,brhn->bhpn", values(state.v, mimo_x), state.k)
+    # 3. The recurrence over chunks, from S_{-1}.
     starts = []
     for decay, increment in zip(torch.exp(chunk_decay).unbind(2), increments.unbind(2), strict=True):
         starts.append(S)                                             # (unbind: one backward for all chunks)

@@ -46,7 +46,7 @@ from ...errors import ConfigError
 from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, scalar_softplus_grad
 from ..cpu.threads import run_blocks, split_pairs
 from ..packing import sequence_starts
-from . import cpu_lanes
+from . import cpu_lanes, cpu_lanes_bwd
 from .common import check_real_scan, empty_scan, kernel_layout
 
 CHUNK = 64  # steps between saved states; the backward pass keeps CHUNK × N states per thread
@@ -302,9 +302,11 @@ class FusedScan(torch.autograd.Function):
         zero = arrays[0].dtype.type(0)
         outs = [t.numpy() for t in (out, states, last)]
         work = batch * dim * L * N
+        ctx.lanes = None
         if lanes:
             lanes = min(cpu_lanes.LANES, dim)
             blocks = cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
+            ctx.lanes = (lanes, blocks)   # the backward pass runs on the same blocks
 
             def lane_block(_, first, end):
                 cpu_lanes.scan_forward_lanes_kernel(
@@ -332,7 +334,9 @@ class FusedScan(torch.autograd.Function):
         dout = torch.zeros_like(u) if dout is None else dout.contiguous().to(u.dtype)
         dlast = (torch.zeros(batch, dim, N, dtype=u.dtype) if dlast is None
                  else dlast.contiguous().to(u.dtype))
-        workers, blocks = split_pairs(batch * dim, 3 * batch * dim * L * N)
+        # The lane kernel walks the forward's blocks of channels; the per-channel one, (row, channel) pairs.
+        units = batch * dim if ctx.lanes is None else len(ctx.lanes[1])
+        workers, blocks = split_pairs(units, 3 * batch * dim * L * N)
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
         dz = torch.empty_like(u) if z is not None else None
         dh0 = torch.empty(batch, dim, N, dtype=u.dtype) if ctx.has_initial_state else None
@@ -351,9 +355,17 @@ class FusedScan(torch.autograd.Function):
                                                                           _or_empty(dh0, u, 3)]
         parts = [t.numpy() for t in (dA_part, dB_part, dC_part, dD_part, dbias_part)]
 
-        def block(i, first, end):
-            scan_backward_kernel(*arrays, *options, *ctx.b_index, *ctx.c_index, ctx.chunk, first, end, zero,
-                                  *grads, *(part[i] for part in parts))
+        if ctx.lanes is not None:
+            lanes, lane_blocks = ctx.lanes
+
+            def block(i, first, end):
+                cpu_lanes_bwd.scan_backward_lanes_kernel(
+                    *arrays, *options, ctx.b_index[0], ctx.b_index[2], ctx.c_index[0], ctx.c_index[2],
+                    ctx.chunk, lanes, lane_blocks, first, end, zero, *grads, *(part[i] for part in parts))
+        else:
+            def block(i, first, end):
+                scan_backward_kernel(*arrays, *options, *ctx.b_index, *ctx.c_index, ctx.chunk, first, end,
+                                      zero, *grads, *(part[i] for part in parts))
 
         run_blocks(block, workers, blocks)
         dD = dD_part.sum(0) if D is not None else None

@@ -19,7 +19,8 @@ Heads h with head dimension p, state size N, and groups g of heads sharing B and
 
 :func:`ssd` takes the official argument layout and picks a form with ``backend`` (the official
 ``mamba_chunk_scan_combined``, with packed sequences too, is :mod:`mambakit.ops.official.ssd_combined`);
-:func:`ssd_state_update` (:mod:`.ref`) is one step of the recurrence, for generation.
+:func:`ssd_state_update` is one step of the recurrence, for generation: the reference
+:func:`ssd_state_update_ref` (:mod:`.ref`) or one numba pass over the state (:mod:`.step_cpu`).
 Shared checks and helpers live in :mod:`.common`.
 
 Layouts (as ``mamba_ssm``): x (batch, L, heads, p), dt (batch, L, heads), A (heads,), B and C
@@ -41,10 +42,10 @@ from ...errors import ConfigError
 from .chunked import ssd_chunked
 from .common import NO_LIMIT
 from .minimal import ssd_minimal
-from .ref import segment_sum, ssd_quadratic, ssd_ref, ssd_state_update
+from .ref import segment_sum, ssd_quadratic, ssd_ref, ssd_state_update_ref
 
 __all__ = ["available_backends", "segment_sum", "ssd", "ssd_chunked",
-           "ssd_minimal", "ssd_quadratic", "ssd_ref", "ssd_state_update"]
+           "ssd_minimal", "ssd_quadratic", "ssd_ref", "ssd_state_update", "ssd_state_update_ref"]
 
 # name -> form; "auto" is "chunked". The chunked forms also take chunk_size (see ssd()).
 _BACKENDS: dict[str, Callable] = {"chunked": ssd_chunked, "minimal": ssd_minimal, "quadratic": ssd_quadratic,
@@ -104,3 +105,31 @@ def ssd(
         return ssd_minimal(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
     return _BACKENDS[name](x, dt, A, B, C, **kwargs)
 
+
+def ssd_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = NO_LIMIT,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One SSD step, arguments and result as :func:`ssd_state_update_ref` (``state`` updated in place);
+    ``backend``: ``"ref"``, ``"cpu"`` (one numba pass over the state: CPU tensors, the state in x's
+    precision, no autograd) or ``"auto"`` (``"cpu"`` wherever it applies)."""
+    if backend not in ("auto", "ref", "cpu"):
+        raise ConfigError(f"backend: expected one of ['auto', 'cpu', 'ref'], got {backend!r}")
+    args = (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+    if backend != "ref":
+        from .step_cpu import ssd_state_update_cpu, step_kernel_applies  # numba loads on first use
+
+        tensors_ok = all(isinstance(t, torch.Tensor) for t in (state, x, dt, A, B, C))
+        if backend == "cpu" or (tensors_ok and step_kernel_applies(state, x, dt, A, B, C, D, z, dt_bias)):
+            return ssd_state_update_cpu(*args)
+    return ssd_state_update_ref(*args)

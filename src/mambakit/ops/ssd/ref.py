@@ -155,7 +155,7 @@ def ssd_quadratic(
     return out, final
 
 
-def ssd_state_update(
+def ssd_state_update_ref(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -168,7 +168,7 @@ def ssd_state_update(
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = NO_LIMIT,
 ) -> torch.Tensor:
-    """One SSD step for generation; updates ``state`` in place.
+    """One SSD step for generation, the reference; updates ``state`` in place.
 
     Args:
         state: (batch, heads, headdim, N), H_{t-1}; overwritten with H_t (cast to its own dtype).
@@ -179,6 +179,23 @@ def ssd_state_update(
     Returns:
         y_t (batch, heads, headdim) in x's dtype. Running it L times equals :func:`ssd_ref` on the sequence.
     """
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_limit)
+    heads = x.shape[1]
+    dtype = compute_dtype(x)
+    delta = step_sizes(dt, dt_bias, dt_softplus, dt_limit, dtype)  # (batch, heads)
+    Bh = per_head(B.to(dtype), heads, 1)                           # (batch, heads, N)
+    Ch = per_head(C.to(dtype), heads, 1)
+    decay = torch.exp(delta * A.to(dtype))
+    H = (decay[..., None, None] * state.to(dtype)
+         + (delta[..., None] * x.to(dtype))[..., None] * Bh[:, :, None])
+    state.copy_(H)
+    y = (H @ Ch[..., None]).squeeze(-1)
+    return skip_and_gate(y, x, D, z)
+
+
+def check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_limit) -> None:
+    """Validate the arguments of an SSD step (see :func:`ssd_state_update_ref`); raises a mambakit error
+    naming the argument."""
     check_tensor("x", x, ndim=3)
     batch, heads, headdim = x.shape
     check_tensor("dt", dt, ndim=2)
@@ -205,13 +222,3 @@ def ssd_state_update(
     check_dt_limit(dt_limit)
     check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     check_same_real_dtype(x=x, B=B, C=C, z=z)
-    dtype = compute_dtype(x)
-    delta = step_sizes(dt, dt_bias, dt_softplus, dt_limit, dtype)  # (batch, heads)
-    Bh = per_head(B.to(dtype), heads, 1)                           # (batch, heads, N)
-    Ch = per_head(C.to(dtype), heads, 1)
-    decay = torch.exp(delta * A.to(dtype))
-    H = (decay[..., None, None] * state.to(dtype)
-         + (delta[..., None] * x.to(dtype))[..., None] * Bh[:, :, None])
-    state.copy_(H)
-    y = (H @ Ch[..., None]).squeeze(-1)
-    return skip_and_gate(y, x, D, z)
