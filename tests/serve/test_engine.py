@@ -190,8 +190,25 @@ def test_an_engine_failure_fails_its_requests_and_the_engine_goes_on(model, monk
     assert "boom" in capsys.readouterr().err
 
 
-def test_bad_settings_and_attention_models_are_refused():
+def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="slots"):
         Engine(tiny_model(), TOK, slots=0)
-    with pytest.raises(ConfigError, match="attention"):
-        Engine(tiny_model(mixer="attention"), TOK)
+
+
+def test_a_hybrid_with_attention_serves_from_per_slot_caches():
+    """A KV cache has one length for all its rows: such models keep a cache per slot; concurrent requests,
+    chunked prefill and prefix-cache hits still give the library's greedy tokens."""
+    hybrid = tiny_model(layer_types=["mamba", "attention"], layer_cfg={"attention": {"n_heads": 2}})
+    engine = start(hybrid, slots=3, prefill_chunk=4)
+    assert engine.per_slot
+    try:
+        sinks = []
+        for prompt in PROMPTS[:5] * 2:   # the second round hits the prefix cache
+            sink = Collect()
+            engine.submit(GenerationRequest(list(prompt), 10), sink)
+            sinks.append((prompt, sink))
+        for prompt, sink in sinks:
+            text, _ = sink.wait()
+            assert text == decode(library_tokens(hybrid, prompt, 10))
+    finally:
+        engine.stop()

@@ -136,11 +136,12 @@ class Engine:
         self.eos = tokenizer.eos_token_id
         self.slots, self.prefill_chunk, self.max_queue = slots, prefill_chunk, max_queue
         self.device = next(model.parameters()).device
-        self.pool = model.allocate_inference_cache(slots, device=self.device)
-        if any(t.dim() == 0 for layer in self.pool for t in layer.values()):
-            raise ConfigError("checkpoint: expected a recurrent model (Mamba, Mamba-2, S4, S4D, LRU); its "
-                              "attention layers keep one length for all rows, which a slot pool cannot")
         self._zero = model.allocate_inference_cache(1, device=self.device)
+        # A KV cache has one length for all its rows, so a model with attention layers (a hybrid) keeps a
+        # cache per slot and steps its requests one by one; a recurrent model keeps one pool of states.
+        self.per_slot = any(t.dim() == 0 for layer in self._zero for t in layer.values())
+        self.pool = None if self.per_slot else model.allocate_inference_cache(slots, device=self.device)
+        self._caches: list = [None] * slots
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.metrics = metrics or Metrics()
         self._free = list(range(slots - 1, -1, -1))
@@ -268,7 +269,11 @@ class Engine:
         """Put an admitted request into its slot: from its longest kept prefix, or from zero."""
         self._running.append(seq)
         entry = self.prefix_cache.lookup(seq.prompt)
-        self.pool.copy_(entry.state if entry is not None else self._zero, rows=[seq.slot])
+        start = entry.state if entry is not None else self._zero
+        if self.per_slot:
+            self._caches[seq.slot] = start.clone()
+        else:
+            self.pool.copy_(start, rows=[seq.slot])
         if entry is not None:
             seq.offset = seq.cached = entry.length
         self.metrics.admitted(len(seq.prompt), seq.cached)
@@ -282,16 +287,17 @@ class Engine:
             return
         length = min(self.prefill_chunk, todo[0].next_stop() - todo[0].offset)
         group = [todo[0]]
-        for seq in todo[1:]:
+        for seq in todo[1:] if not self.per_slot else ():
             if (len(group) + 1) * length > self.prefill_chunk:
                 break
             if seq.next_stop() - seq.offset >= length:
                 group.append(seq)
         rows = [s.slot for s in group]
         ids = torch.tensor([s.prompt[s.offset:s.offset + length] for s in group], device=self.device)
-        sub = self.pool.select(rows)
+        sub = self._caches[rows[0]] if self.per_slot else self.pool.select(rows)
         logits = self.model(ids, state=sub, num_last_tokens=1)[:, -1, :self.vocab_size]
-        self.pool.copy_(sub, rows=rows)
+        if not self.per_slot:
+            self.pool.copy_(sub, rows=rows)
         done = []
         for i, seq in enumerate(group):
             seq.offset += length
@@ -309,7 +315,10 @@ class Engine:
             return
         rows = [s.slot for s in batch]
         tokens = torch.tensor([s.pending for s in batch], device=self.device)
-        if rows == list(range(self.slots)):
+        if self.per_slot:
+            logits = torch.cat([self.model.step(tokens[i:i + 1], self._caches[row])
+                                for i, row in enumerate(rows)])
+        elif rows == list(range(self.slots)):
             logits = self.model.step(tokens, self.pool)
         else:
             sub = self.pool.select(rows)
@@ -365,16 +374,21 @@ class Engine:
             # The row holds the state after the prompt and every generated token but the last (not fed
             # yet), and ``logits`` follow it: the next turn of the same chat starts with these tokens.
             fed = seq.prompt + seq.generated[:-1]
-            self.prefix_cache.store(fed, self.pool.select([seq.slot]), logits.clone())
+            self.prefix_cache.store(fed, self._state_of(seq.slot), logits.clone())
         self._leave(seq)
         self.metrics.finish(reason)
         usage = Usage(len(seq.prompt), len(seq.generated), seq.cached)
         seq.sink(FinishEvent(reason, usage, text))
 
+    def _state_of(self, slot: int):
+        """A copy of the state in ``slot``."""
+        return self._caches[slot].clone() if self.per_slot else self.pool.select([slot])
+
     def _leave(self, seq: _Sequence) -> None:
         if seq in self._running:
             self._running.remove(seq)
             self._free.append(seq.slot)
+            self._caches[seq.slot] = None   # a per-slot KV cache goes with its request
         seq.pending = None
 
 
