@@ -32,6 +32,14 @@ def check_tensor(name: str, t: object, ndim: int | Sequence[int] | None = None,
     return t
 
 
+def check_integer_tensor(name: str, t: object, ndim: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Check that ``t`` is a tensor of an integer dtype (not bool) of an allowed rank."""
+    check_tensor(name, t, ndim=ndim, floating=False)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise DTypeError(f"{name}: expected an integer tensor, got {t.dtype}")
+    return t
+
+
 def check_shape(name: str, t: torch.Tensor, expected: Sequence[int | None], what: str = "") -> None:
     """Check ``t.shape`` against ``expected``; ``None`` entries match any size."""
     shape = tuple(t.shape)

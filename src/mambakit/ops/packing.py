@@ -17,20 +17,13 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_shape, check_tensor
+from .._checks import check_integer_tensor, check_shape, check_tensor
 from ..errors import ConfigError, DeviceError, DTypeError
-
-
-def _check_integer(name: str, t: object, ndim: int) -> torch.Tensor:
-    check_tensor(name, t, ndim=ndim, floating=False)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise DTypeError(f"{name}: expected an integer tensor, got {t.dtype}")
-    return t
 
 
 def check_seq_idx(seq_idx: object, batch: int, length: int, device: torch.device | None = None) -> None:
     """``seq_idx`` must be an integer (batch, L) tensor (on ``device`` when given)."""
-    _check_integer("seq_idx", seq_idx, 2)
+    check_integer_tensor("seq_idx", seq_idx, 2)
     check_shape("seq_idx", seq_idx, (batch, length), "(batch, L)")
     if device is not None and seq_idx.device != device:
         raise DeviceError(f"seq_idx: expected a tensor on {device}, got {seq_idx.device}")
@@ -56,7 +49,7 @@ def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, length: int | None = None)
     ``length`` (default ``cu_seqlens[-1]``) must equal the last entry: every position belongs to one
     sequence.
     """
-    _check_integer("cu_seqlens", cu_seqlens, 1)
+    check_integer_tensor("cu_seqlens", cu_seqlens, 1)
     values = cu_seqlens.tolist()
     if len(values) < 2 or values[0] != 0 or any(b < a for a, b in zip(values, values[1:], strict=False)):
         raise ConfigError(f"cu_seqlens: expected non-decreasing offsets starting at 0, got {values}")
@@ -70,7 +63,7 @@ def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, length: int | None = None)
 
 def seq_idx_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """(batch, L) int32 ids: a new sequence wherever ``position_ids`` (batch, L) goes back to 0."""
-    _check_integer("position_ids", position_ids, 2)
+    check_integer_tensor("position_ids", position_ids, 2)
     starts = position_ids == 0
     starts[:, 0] = True
     return (starts.cumsum(dim=1) - 1).to(torch.int32)

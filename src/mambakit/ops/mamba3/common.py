@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor
-from ...errors import ConfigError, DTypeError, ShapeError
+from ...errors import ConfigError, ShapeError
+from ..packing import check_seq_idx
 
 
 class Mamba3State(NamedTuple):
@@ -44,13 +45,6 @@ class Mamba3Dims:
     groups: int
     state: int
     angles: int
-
-
-def _check_seq_idx(seq_idx: torch.Tensor, batch: int, length: int) -> None:
-    check_tensor("seq_idx", seq_idx, ndim=2, floating=False)
-    if seq_idx.is_floating_point() or seq_idx.is_complex() or seq_idx.dtype == torch.bool:
-        raise DTypeError(f"seq_idx: expected an integer tensor, got {seq_idx.dtype}")
-    check_shape("seq_idx", seq_idx, (batch, length), "(batch, L)")
 
 
 def check_state(name: str, state: object, dims: Mamba3Dims) -> Mamba3State:
@@ -114,7 +108,7 @@ def check_mamba3_args(x, dt, A, B, C, trap, angles, B_bias, C_bias, D, z, mimo_x
         if z is not None and mimo_z is None:
             raise ConfigError("mimo_z: expected a (heads, rank, headdim) tensor when z and mimo_x are given")
     if seq_idx is not None:
-        _check_seq_idx(seq_idx, batch, length)
+        check_seq_idx(seq_idx, batch, length)
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, trap=trap, angles=angles, B_bias=B_bias, C_bias=C_bias,
                       D=D, z=z, mimo_x=mimo_x, mimo_z=mimo_z, mimo_o=mimo_o, seq_idx=seq_idx)
     check_same_real_dtype(x=x, B=B, C=C, z=z)

@@ -271,6 +271,11 @@ def scan_backward_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus, b_se
             dbias_part[d] += acc
 
 
+def _starts_array(starts: torch.Tensor | None) -> np.ndarray:
+    """The (batch, L) uint8 sequence starts, or the kernels' zero-size "absent"."""
+    return np.empty((0, 0), dtype=np.uint8) if starts is None else starts.numpy()
+
+
 def _or_empty(t: torch.Tensor | None, like: torch.Tensor, ndim: int) -> np.ndarray:
     """t as a numpy array, or a zero-size array of ``ndim`` dims (the kernels' "absent")."""
     return t.numpy() if t is not None else np.empty((0,) * ndim, dtype=like.numpy().dtype)
@@ -296,9 +301,8 @@ class FusedScan(torch.autograd.Function):
         states = torch.empty(batch, dim, -(-L // chunk), N, dtype=u.dtype)
         last = torch.empty(batch, dim, N, dtype=u.dtype)
         arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
-        starts_np = np.empty((0, 0), dtype=np.uint8) if starts is None else starts.numpy()
         options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1),
-                   _or_empty(initial_state, u, 3), starts_np, softplus]
+                   _or_empty(initial_state, u, 3), _starts_array(starts), softplus]
         zero = arrays[0].dtype.type(0)
         outs = [t.numpy() for t in (out, states, last)]
         work = batch * dim * L * N
@@ -347,8 +351,7 @@ class FusedScan(torch.autograd.Function):
         dD_part = torch.zeros((workers, dim if D is not None else 0), dtype=u.dtype)
         dbias_part = torch.zeros((workers, dim if delta_bias is not None else 0), dtype=u.dtype)
         arrays = [t.numpy() for t in (u, delta, A, Bk, Ck)]
-        starts_np = np.empty((0, 0), dtype=np.uint8) if starts is None else starts.numpy()
-        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), starts_np,
+        options = [_or_empty(D, u, 1), _or_empty(z, u, 3), _or_empty(delta_bias, u, 1), _starts_array(starts),
                    ctx.softplus]
         zero = arrays[0].dtype.type(0)
         grads = [t.numpy() for t in (states, dout, dlast, du, ddelta)] + [_or_empty(dz, u, 3),

@@ -23,7 +23,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor, compute_dtype
+from ..._checks import (
+    check_integer_tensor,
+    check_same_device,
+    check_same_real_dtype,
+    check_shape,
+    check_tensor,
+    compute_dtype,
+)
 from ...errors import ConfigError, DTypeError, ShapeError
 
 
@@ -33,9 +40,7 @@ def complex_of(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_indices(indices: torch.Tensor, batch: int, pool: int) -> None:
-    check_tensor("state_batch_indices", indices, ndim=1, floating=False)
-    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-        raise DTypeError(f"state_batch_indices: expected an integer tensor, got {indices.dtype}")
+    check_integer_tensor("state_batch_indices", indices, ndim=1)
     check_shape("state_batch_indices", indices, (batch,), "one state row per row of x")
     valid = indices[indices >= 0]
     if valid.numel() and int(valid.max()) >= pool:

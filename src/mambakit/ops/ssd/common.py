@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..._checks import check_same_device, check_same_real_dtype, check_shape, check_tensor, compute_dtype
-from ...errors import ConfigError, DTypeError, ShapeError
+from ...errors import ConfigError, ShapeError
+from ..packing import check_seq_idx
 
 NO_LIMIT = (0.0, math.inf)   # dt_limit that clamps nothing
 
@@ -57,10 +58,7 @@ def check_ssd_args(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx) -> SS
         check_shape("initial_states", initial_states, (batch, heads, headdim, state),
                     "(batch, heads, headdim, N)")
     if seq_idx is not None:
-        check_tensor("seq_idx", seq_idx, ndim=2, floating=False)
-        if seq_idx.is_floating_point() or seq_idx.is_complex() or seq_idx.dtype == torch.bool:
-            raise DTypeError(f"seq_idx: expected an integer tensor, got {seq_idx.dtype}")
-        check_shape("seq_idx", seq_idx, (batch, length), "(batch, L)")
+        check_seq_idx(seq_idx, batch, length)
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
                       seq_idx=seq_idx)
     check_same_real_dtype(x=x, B=B, C=C, z=z)
