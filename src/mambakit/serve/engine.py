@@ -21,7 +21,6 @@ HTTP side talks to it through :meth:`Engine.submit` (thread-safe) and the events
 from __future__ import annotations
 
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -83,7 +82,8 @@ Sink = Callable[[Event], None]
 class _Sequence:
     """A request while it waits or runs."""
 
-    def __init__(self, request: GenerationRequest, sink: Sink, tokenizer, vocab_size: int) -> None:
+    def __init__(self, request: GenerationRequest, sink: Sink, tokenizer, vocab_size: int,
+                 device: torch.device) -> None:
         self.request, self.sink = request, sink
         self.prompt = request.prompt_ids
         self.opts = request.options
@@ -91,20 +91,19 @@ class _Sequence:
         self.text = TextAssembler(tokenizer, request.stops)
         self.generator: torch.Generator | None = None
         if self.opts.temperature > 0:
-            self.generator = torch.Generator()
+            self.generator = torch.Generator(device=device)   # where the logits it samples from live
             seed = request.seed if request.seed is not None else int(torch.seed())
             self.generator.manual_seed(seed % 2**64)
         self.seen: torch.Tensor | None = None
         if self.opts.repetition_penalty != 1.0:
-            self.seen = torch.zeros(1, vocab_size, dtype=torch.bool)
-            self.seen[0, torch.tensor(self.prompt, dtype=torch.long)] = True
+            self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
+            self.seen[0, torch.tensor(self.prompt, dtype=torch.long, device=device)] = True
         self.slot = -1
         self.offset = 0  # prompt tokens in the row's state
         self.cached = 0
         self.generated: list[int] = []
         self.pending: int | None = None  # the last sampled token, to feed at the next step
         self.cancelled = False
-        self.submitted = time.perf_counter()
 
     def next_stop(self) -> int:
         """Where the current prefill chunk must end: the next kept prefix, or the end of the prompt."""
@@ -168,7 +167,7 @@ class Engine:
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Ticket:
         """Queue ``request``; ``sink`` gets its events, on the engine thread. Raises :class:`QueueFull`."""
-        seq = _Sequence(request, sink, self.tokenizer, self.vocab_size)
+        seq = _Sequence(request, sink, self.tokenizer, self.vocab_size, self.device)
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"queue: {len(self._waiting)} requests are waiting already "
@@ -301,7 +300,7 @@ class Engine:
         done = []
         for i, seq in enumerate(group):
             seq.offset += length
-            if seq.offset in seq.keep:
+            if seq.offset in seq.keep and self.prefix_cache.enabled:
                 self.prefix_cache.store(seq.prompt[:seq.offset], sub.select([i]), logits[i].clone())
             if seq.offset == len(seq.prompt):
                 done.append(i)
@@ -330,17 +329,18 @@ class Engine:
     # ---------------------------------------------------------------------------------- tokens and ends
     def _sample(self, batch: list[_Sequence], logits: torch.Tensor) -> list[int]:
         """Each row's next token by its own options (as :func:`mambakit.models.generate` picks it)."""
-        scores = logits.float()
+        plain = {i for i, s in enumerate(batch) if s.opts.temperature == 0 and s.seen is None}
+        if len(plain) == len(batch):   # all greedy: one argmax (the float cast would not change it)
+            return logits.argmax(dim=-1).tolist()
         out = [0] * len(batch)
-        plain = [i for i, s in enumerate(batch) if s.opts.temperature == 0 and s.seen is None]
         if plain:
-            out_plain = scores[plain].argmax(dim=-1).tolist()
-            for i, token in zip(plain, out_plain, strict=True):
+            rows = sorted(plain)
+            for i, token in zip(rows, logits[rows].argmax(dim=-1).tolist(), strict=True):
                 out[i] = token
         for i, seq in enumerate(batch):
             if i in plain:
                 continue
-            row = scores[i:i + 1]
+            row = logits[i:i + 1].float()
             if seq.seen is not None:
                 row = apply_repetition_penalty(row, seq.seen, seq.opts.repetition_penalty)
             o = seq.opts
@@ -370,7 +370,7 @@ class Engine:
     def _finish(self, seq: _Sequence, reason: str, text: str = "",
                 logits: torch.Tensor | None = None) -> None:
         """End ``seq``; ``logits`` are the ones its last token was drawn from."""
-        if logits is not None and len(seq.generated) > 1:
+        if logits is not None and len(seq.generated) > 1 and self.prefix_cache.enabled:
             # The row holds the state after the prompt and every generated token but the last (not fed
             # yet), and ``logits`` follow it: the next turn of the same chat starts with these tokens.
             fed = seq.prompt + seq.generated[:-1]

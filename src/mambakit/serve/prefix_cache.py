@@ -44,7 +44,6 @@ class PrefixCache:
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
-        self.hit_tokens = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -64,7 +63,6 @@ class PrefixCache:
             if entry is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                self.hit_tokens += length
                 return entry
         self.misses += 1
         return None
