@@ -42,6 +42,15 @@ def get_activation(name: str) -> Callable[[Tensor], Tensor]:
     return ACTIVATIONS[name]
 
 
+
+def combine(h: Tensor, act, gated: bool) -> Tensor:
+    """A feed-forward layer's first projection (..., rows) -> the second's input: value · act(gate) for a
+    gated layer (h = [value, gate]), else act(h); shared with the experts of :mod:`.moe`."""
+    if gated:
+        value, gate = h.chunk(2, dim=-1)
+        return value * act(gate)
+    return act(h)
+
 class StatelessMixer(nn.Module):
     """The mixer protocol of a position-wise layer: no state (an empty dict), and a step is the forward of
     one token."""
@@ -105,10 +114,7 @@ class GatedMLP(StatelessMixer):
 
     def combine(self, h: Tensor) -> Tensor:
         """fc1's output (..., rows) -> fc2's input (..., d_intermediate): value · act(gate), or act(h)."""
-        if self.gated:
-            value, gate = h.chunk(2, dim=-1)
-            return value * self.act(gate)
-        return self.act(h)
+        return combine(h, self.act, self.gated)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_intermediate={self.d_intermediate}, "

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_tensor
 from ..errors import ConfigError, ShapeError
-from .mlp import GatedMLP, StatelessMixer, get_activation
+from .mlp import GatedMLP, StatelessMixer, combine, get_activation
 
 _OPTIONS = ("n_experts", "top_k", "d_intermediate", "activation", "gated", "scoring", "normalize",
             "routed_scaling", "d_shared")
@@ -107,11 +107,7 @@ class MoE(StatelessMixer):
         return chosen, weights * self.routed_scaling
 
     def _expert(self, e: int, x: Tensor) -> Tensor:
-        h = x @ self.fc1[e].T
-        if self.gated:
-            value, gate = h.chunk(2, dim=-1)
-            return (value * self.act(gate)) @ self.fc2[e].T
-        return self.act(h) @ self.fc2[e].T
+        return combine(x @ self.fc1[e].T, self.act, self.gated) @ self.fc2[e].T
 
     def forward(self, hidden_states: Tensor, state: dict | None = None,
                 seq_idx: Tensor | None = None) -> Tensor:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..._checks import check_int, compute_dtype
+from ..packing import sequence_start_index
 from .common import (
     Mamba3State,
     angle_increment,
@@ -45,11 +46,7 @@ def _segmented_cumsum(inc: torch.Tensor, theta0: torch.Tensor, seq_idx: torch.Te
     total = inc.cumsum(1) + theta0[:, None]
     if seq_idx is None:
         return total
-    length = inc.shape[1]
-    pos = torch.arange(length, device=inc.device).expand_as(seq_idx)
-    new = torch.ones_like(seq_idx, dtype=torch.bool)
-    new[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-    start = torch.where(new, pos, torch.zeros_like(pos)).cummax(1).values       # start of each t's sequence
+    start = sequence_start_index(seq_idx)                                        # start of each t's sequence
     before = (start - 1).clamp(min=0)[..., None, None].expand_as(total)
     offset = torch.where((start > 0)[..., None, None], total.gather(1, before), torch.zeros_like(total))
     return total - offset
