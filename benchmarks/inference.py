@@ -9,7 +9,8 @@ Random weights of each shape (speed does not depend on their values). Decode: th
 repeated ``--rounds`` times with the implementations interleaved; tokens/s = 1 / median. Prefill: one
 forward over a ``--prompt-len`` prompt that fills the cache (mambakit: the backbone, then the logits of the
 last position, as generation does; transformers: its forward with ``use_cache=True``, the same
-``logits_to_keep=1``). Floor: the bytes of weights one decode step must read (the LM head included; the
+``logits_to_keep=1``). "layer by layer" is mambakit's step without the fused whole-stack kernel
+(``models.stack_decode``), the path that every other kind of model takes. Floor: the bytes of weights one decode step must read (the LM head included; the
 embedding row is negligible) divided by the memory bandwidth measured here (a large float32 copy).
 """
 
@@ -126,6 +127,9 @@ def main() -> None:
         for weights in ("fp32", "bf16", "int8"):
             model = MambaLMHeadModel(config, generator=torch.Generator().manual_seed(0)).eval()
             models[f"mambakit {weights}"] = quantize_weights(model, weights)
+        layerwise = MambaLMHeadModel(config, generator=torch.Generator().manual_seed(0)).eval()
+        layerwise.backbone.fused_stack_decode = False   # the step before the fused stack, side by side
+        models["mambakit fp32, layer by layer"] = layerwise
         if not args.skip_hf:
             torch.manual_seed(0)
             models["transformers fp32"] = hf_model(config)

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..layers import RMSNorm, RMSNormGated
 from ..layers.shared_transformer import SharedTransformer
 from ..ops import packing
-from . import generation, pretrained
+from . import generation, pretrained, stack_decode
 from .cache import InferenceCache
 from .config import MambaConfig
 from .mixers import build_mixer
@@ -52,6 +52,8 @@ class ResidualBlock(nn.Module):
 
 class MixerModel(nn.Module):
     """The backbone: embedding, layers, final norm; (batch, L) ids -> (batch, L, d_model) hidden states."""
+
+    fused_stack_decode: bool = True   # False: decode layer by layer (the reference of the fused step)
 
     def __init__(self, config: MambaConfig, device=None, dtype=None) -> None:
         super().__init__()
@@ -108,6 +110,10 @@ class MixerModel(nn.Module):
     def step(self, input_ids: torch.Tensor, state: InferenceCache) -> torch.Tensor:
         """input_ids (batch,) -> hidden states (batch, d_model); advances every layer's state by one token."""
         residual = embeddings = self._embed(input_ids)
+        states = [state[i] for i in range(len(self.layers))]
+        plan = stack_decode.stack_decoder(self, residual, states)
+        if plan is not None:   # a pure Mamba stack on the CPU: every layer in one fused kernel call
+            return self.norm_f(plan.step(residual, states))
         for i, layer in enumerate(self.layers):
             hidden = self._norm_input(i, residual, embeddings, state[i], one=True)
             hidden = layer.norm(hidden.to(layer.norm.weight.dtype))
@@ -220,7 +226,7 @@ class MambaLMHeadModel(nn.Module):
         return self._logits(hidden)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden)
+        logits = stack_decode.head_logits(self.lm_head, hidden)
         multiplier = self.config.logits_multiplier
         return logits if multiplier == 1 else logits * multiplier
 

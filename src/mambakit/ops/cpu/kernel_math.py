@@ -45,6 +45,21 @@ def int32_bits_as_float32(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+def widen_weight(v):
+    """A stored weight as a number to multiply by: bf16 bits (uint16) widened to float32, int8 converted to
+    float32 (its row's scale is applied to the sum), float32 and float64 as they are. Compiled only."""
+    return v
+
+
+@overload(widen_weight, inline="always")
+def _widen_weight_overload(v):
+    if v == types.uint16:
+        return lambda v: int32_bits_as_float32(np.int32(np.uint32(v) << np.uint32(16)))
+    if v == types.int8:
+        return lambda v: np.float32(v)
+    return lambda v: v
+
+
 @njit(fastmath=FASTMATH, inline="always", cache=True)
 def _exp_float32(v):
     """exp(v) for float32 v, branch-free so the loops that call it vectorise."""

@@ -10,7 +10,7 @@ import torch
 from numba import njit
 
 from ...errors import DeviceError
-from ..cpu.kernel_math import FASTMATH, int32_bits_as_float32
+from ..cpu.kernel_math import FASTMATH, widen_weight
 from ..cpu.threads import run_blocks, split_pairs
 from .ref import check_lowp_args
 
@@ -18,32 +18,23 @@ MAX_ROWS = 16  # rows of x up to which the kernel beats dequantize + matmul (a d
 
 
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
-def _rows_bf16(x, w_bits, bias, first, end, out):
+def linear_rows(w, scales, bias, x, first, end, out, out_offset):
+    """out[m, out_offset + r] = scale[r]·Σ_k w[r, k]·x[m, k] + bias[r] for rows first <= r < end of w
+    (float32 / float64, bf16 bits as uint16, or int8; an empty ``scales`` or ``bias`` is left out)."""
     M, K = x.shape
-    has_bias = bias.shape[0] > 0
+    has_scale, has_bias = scales.shape[0] > 0, bias.shape[0] > 0
     for r in range(first, end):
-        row = w_bits[r]
+        row = w[r]
         for m in range(M):
             xm = x[m]
-            acc = np.float32(0.0)
+            acc = xm[0] * 0
             for k in range(K):
-                acc += int32_bits_as_float32(np.int32(np.uint32(row[k]) << np.uint32(16))) * xm[k]
-            out[m, r] = acc + bias[r] if has_bias else acc
-
-
-@njit(nogil=True, fastmath=FASTMATH, cache=True)
-def _rows_int8(x, qweight, scales, bias, first, end, out):
-    M, K = x.shape
-    has_bias = bias.shape[0] > 0
-    for r in range(first, end):
-        row = qweight[r]
-        s = scales[r]
-        for m in range(M):
-            xm = x[m]
-            acc = np.float32(0.0)
-            for k in range(K):
-                acc += np.float32(row[k]) * xm[k]
-            out[m, r] = acc * s + bias[r] if has_bias else acc * s
+                acc += widen_weight(row[k]) * xm[k]
+            if has_scale:
+                acc *= scales[r]
+            if has_bias:
+                acc += bias[r]
+            out[m, out_offset + r] = acc
 
 
 def kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -73,12 +64,10 @@ def run_kernel(x: torch.Tensor, w_np: np.ndarray, s_np: np.ndarray | None, b_np:
     xs = x.detach().reshape(-1, K).to(torch.float32).contiguous()
     out = torch.empty(xs.shape[0], N, dtype=torch.float32)
     xs_np, out_np = xs.numpy(), out.numpy()
-    if s_np is None:
-        def block(_, first, end):
-            _rows_bf16(xs_np, w_np, b_np, first, end, out_np)
-    else:
-        def block(_, first, end):
-            _rows_int8(xs_np, w_np, s_np, b_np, first, end, out_np)
+    s_np = np.empty(0, np.float32) if s_np is None else s_np
+
+    def block(_, first, end):
+        linear_rows(w_np, s_np, b_np, xs_np, first, end, out_np, 0)
 
     run_blocks(block, *split_pairs(N, xs.shape[0] * N * K))
     return out.reshape(*lead, N).to(x.dtype)

@@ -1,0 +1,177 @@
+"""The decoding step of a whole stack of Mamba layers (norm, in_proj, conv, x_proj, dt_proj, state update,
+gate, out_proj, residual) in one numba call per thread.
+
+At batch 1 a step reads every weight once and does little arithmetic with it, so it is bound by memory
+bandwidth and, in torch, by the dispatch of some forty operations per layer. Here the work of each layer is
+cut into items (the norm; blocks of channels of in_proj + conv; x_proj; blocks of channels of the state
+update; blocks of out_proj's rows) numbered in order. Each thread claims the next item from an atomic
+counter and, before running it, spins until every item of the phase before is done. A thread that starts
+late claims nothing already taken, so one thread alone finishes the step and no thread ever waits for one
+that never came. The order of every sum is fixed by the items, not by the threads: the result does not
+depend on how many threads ran or when.
+
+Weights: float32 or float64 (the activations' dtype), or low precision for in_proj and out_proj (bf16 bits
+as uint16, or int8 with a float32 scale per output row: :mod:`mambakit.ops.linear`); an empty array stands for
+an absent bias, scale or D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+from numba.typed import List
+
+from ..cpu.atomics import atomic_fetch_add, wait_until_at_least
+from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus
+from ..linear.cpu import linear_rows
+
+# Phases of one layer, in order; each layer has 1 + 3·blocks + 1 items.
+NORM, IN_CONV, X_PROJ, SCAN, OUT = range(5)
+FIELDS = ("norm_w", "norm_b", "in_w", "in_s", "in_b", "conv_w", "conv_b", "x_proj_w", "dt_w", "dt_b", "A",
+          "D", "out_w", "out_s", "out_b", "conv_state", "ssm_state")
+
+
+@njit(nogil=True, fastmath=FASTMATH, cache=True)
+def _norm(residual, update, add, weight, bias, eps, rms, hidden):
+    """residual += update (when ``add``), then hidden = norm(residual): RMSNorm or LayerNorm per row."""
+    M, d = residual.shape
+    has_bias = bias.shape[0] > 0
+    for m in range(M):
+        r = residual[m]
+        if add:
+            for k in range(d):
+                r[k] += update[m, k]
+        mean = r[0] * 0
+        if not rms:
+            for k in range(d):
+                mean += r[k]
+            mean /= d
+        sq = r[0] * 0
+        for k in range(d):
+            c = r[k] - mean
+            sq += c * c
+        inv = 1 / math.sqrt(sq / d + eps)
+        for k in range(d):
+            v = (r[k] - mean) * inv * weight[k]
+            hidden[m, k] = v + bias[k] if has_bias else v
+
+
+@njit(nogil=True, fastmath=FASTMATH, cache=True)
+def _in_proj_conv(hidden, in_w, in_s, in_b, conv_state, conv_w, conv_b, first, end, xz, xc):
+    """Channels first <= d < end: x and z rows of in_proj, then the conv window's shift, the conv and SiLU."""
+    d_inner, W = conv_w.shape
+    linear_rows(in_w, in_s, in_b, hidden, first, end, xz, 0)
+    # the gate's rows follow x's in in_proj: rows d_inner + d go to xz[:, d_inner + d]
+    linear_rows(in_w[d_inner:], in_s[d_inner:], in_b[d_inner:], hidden, first, end, xz, d_inner)
+    M = hidden.shape[0]
+    has_conv_bias = conv_b.shape[0] > 0
+    for m in range(M):
+        window = conv_state[m]
+        for d in range(first, end):
+            acc = conv_b[d] if has_conv_bias else xz[m, d] * 0
+            for k in range(W - 1):
+                v = window[d, k + 1]
+                window[d, k] = v
+                acc += conv_w[d, k] * v
+            v = xz[m, d]
+            window[d, W - 1] = v
+            acc += conv_w[d, W - 1] * v
+            xc[m, d] = acc * scalar_sigmoid(acc)
+
+
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def _scan_rows(xz, xc, dbl, ssm_state, dt_w, dt_b, A, D, first, end, y):
+    """Channels first <= d < end: Δ = softplus(dt_proj), the state update, C·h + D·x, the SiLU gate."""
+    d_inner, N = A.shape
+    R = dt_w.shape[1]
+    has_D = D.shape[0] > 0
+    M = xz.shape[0]
+    for m in range(M):
+        h = ssm_state[m]
+        for d in range(first, end):
+            v = dt_b[d]
+            for r in range(R):
+                v += dt_w[d, r] * dbl[m, r]
+            dt = scalar_softplus(v)
+            x = xc[m, d]
+            dx = dt * x
+            acc = x * 0
+            for n in range(N):
+                hn = scalar_exp(dt * A[d, n]) * h[d, n] + dx * dbl[m, R + n]
+                h[d, n] = hn
+                acc += hn * dbl[m, R + N + n]
+            if has_D:
+                acc += D[d] * x
+            zt = xz[m, d_inner + d]
+            y[m, d] = acc * (zt * scalar_sigmoid(zt))
+
+
+@njit(nogil=True, cache=True)
+def _block(n, blocks, i):
+    """Bounds of block i of ``blocks`` near-equal blocks of range(n)."""
+    return i * n // blocks, (i + 1) * n // blocks
+
+
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A, D,
+                      out_w, out_s, out_b, conv_state, ssm_state, eps, rms, blocks, counters,
+                      hidden, xz, xc, dbl, y, update):
+    """One thread's share of the step: claims items until none is left. ``counters``: [next item, items
+    done] (int64, zero at the start); scratch: hidden and update (M, d_model), xz (M, 2·d_inner), xc and y
+    (M, d_inner), dbl (M, dt_rank + 2N). The per-layer arguments are typed lists, one entry per layer."""
+    n_layer = len(in_w)
+    per_layer = 2 + 3 * blocks
+    total = n_layer * per_layer + 1
+    d_model = residual.shape[1]
+    while True:
+        item = atomic_fetch_add(counters, 0, 1)
+        if item >= total:   # every item is taken: wait for the others' to finish
+            wait_until_at_least(counters, 1, total)
+            return
+        layer, k = item // per_layer, item % per_layer
+        if k == 0:            # NORM: waits for the previous layer's out_proj
+            phase_start = item
+        elif k <= blocks:     # IN_CONV
+            phase_start = item - k + 1
+        elif k == blocks + 1:  # X_PROJ
+            phase_start = item
+        elif k <= 2 * blocks + 1:  # SCAN
+            phase_start = item - (k - blocks - 2)
+        else:                 # OUT
+            phase_start = item - (k - 2 * blocks - 2)
+        wait_until_at_least(counters, 1, phase_start)
+        if layer == n_layer:  # the last item: the final residual addition
+            for m in range(residual.shape[0]):
+                for j in range(d_model):
+                    residual[m, j] += update[m, j]
+        elif k == 0:
+            _norm(residual, update, layer > 0, norm_w[layer], norm_b[layer], eps, rms, hidden)
+        elif k <= blocks:
+            first, end = _block(conv_w[layer].shape[0], blocks, k - 1)
+            _in_proj_conv(hidden, in_w[layer], in_s[layer], in_b[layer], conv_state[layer], conv_w[layer],
+                          conv_b[layer], first, end, xz, xc)
+        elif k == blocks + 1:
+            linear_rows(x_proj_w[layer], dt_b[layer][:0], dt_b[layer][:0], xc, 0, x_proj_w[layer].shape[0],
+                         dbl, 0)
+        elif k <= 2 * blocks + 1:
+            first, end = _block(A[layer].shape[0], blocks, k - blocks - 2)
+            _scan_rows(xz, xc, dbl, ssm_state[layer], dt_w[layer], dt_b[layer], A[layer], D[layer], first,
+                       end, y)
+        else:
+            first, end = _block(d_model, blocks, k - 2 * blocks - 2)
+            linear_rows(out_w[layer], out_s[layer], out_b[layer], y, first, end, update, 0)
+        atomic_fetch_add(counters, 1, 1)
+
+
+def typed_lists(layers: list[dict[str, np.ndarray]]) -> tuple[List, ...]:
+    """The per-layer arrays as one numba typed list per field of :data:`FIELDS` (built once per model)."""
+    return tuple(List([layer[name] for layer in layers]) for name in FIELDS)
+
+
+def scratch(batch: int, d_model: int, d_inner: int, dbl_width: int, dtype) -> tuple[np.ndarray, ...]:
+    """hidden, xz, xc, dbl, y, update for :func:`stack_step_worker`."""
+    return (np.empty((batch, d_model), dtype), np.empty((batch, 2 * d_inner), dtype),
+            np.empty((batch, d_inner), dtype), np.empty((batch, dbl_width), dtype),
+            np.empty((batch, d_inner), dtype), np.zeros((batch, d_model), dtype))
