@@ -117,3 +117,23 @@ def test_head_logits_row_kernel_matches_the_linear_layer():
     out = stack_decode.head_logits(head, hidden)   # under autograd: the layer itself, with its gradient
     out.sum().backward()
     assert head.weight.grad is not None
+
+
+def test_plan_follows_quantization_and_conversion_after_a_first_step():
+    model = _model(torch.float32)
+    _assert_close(model, 1, 2, rtol=2e-5, atol=2e-5)
+    quantize_weights(model, "int8")   # modules replaced after the plan was built
+    _assert_close(model, 1, 2, rtol=2e-5, atol=2e-5)
+    model = _model(torch.float32)
+    _assert_close(model, 1, 2, rtol=2e-5, atol=2e-5)
+    model.double()   # parameters converted in place (their storage changes, no registration)
+    _assert_close(model, 1, 2, rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_with_a_plan_still_deep_copies():
+    import copy
+
+    model = _model()
+    _run_both(model, 1, steps=2)
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(_run_both(twin, 1)[0], _run_both(model, 1)[0])

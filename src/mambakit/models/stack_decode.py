@@ -11,6 +11,7 @@ parameter or buffer changes (its storage or its version counter), so a training 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -53,6 +54,11 @@ def _norm_kind(norm: nn.Module) -> tuple[bool, float] | None:
     return None
 
 
+def _sources(layer: nn.Module) -> list[torch.Tensor]:
+    """The tensors a layer's arrays are made from (a change to any of them invalidates the plan)."""
+    return [*layer.parameters(), *layer.buffers()]
+
+
 def _layer_arrays(layer: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray] | None:
     mixer = layer.mixer
     if type(mixer) is not MambaBlock or not mixer.fused_decode or mixer.x_proj.bias is not None:
@@ -61,7 +67,8 @@ def _layer_arrays(layer: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray] | 
     if in_proj is None or out_proj is None:
         return None
     small = {"conv_w": mixer.conv1d.weight.squeeze(1), "conv_b": mixer.conv1d.bias,
-             "x_proj_w": mixer.x_proj.weight, "dt_w": mixer.dt_proj.weight, "dt_b": mixer.dt_proj.bias,
+             "x_proj_w": mixer.x_proj.weight, "dt_wT": mixer.dt_proj.weight.t().contiguous(),
+             "dt_b": mixer.dt_proj.bias,
              "A": mixer._decay_rates(), "D": mixer.D, "norm_w": layer.norm.weight,
              "norm_b": getattr(layer.norm, "bias", None)}
     if any(t is not None and (t.dtype != _TORCH[dtype] or t.device.type != "cpu") for t in small.values()):
@@ -75,15 +82,32 @@ def _layer_arrays(layer: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray] | 
 _TORCH = {np.float32: torch.float32, np.float64: torch.float64}
 
 
-def _weights_key(backbone: nn.Module) -> tuple:
-    return tuple((id(t), t.data_ptr(), t._version) for t in (*backbone.parameters(), *backbone.buffers()))
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # backbone -> its plan (or None)
+_registrations = [0]   # parameters, buffers and modules assigned anywhere since import
+
+
+def _count_registration(*_args) -> None:
+    _registrations[0] += 1
+
+
+for _register in (nn.modules.module.register_module_parameter_registration_hook,
+                  nn.modules.module.register_module_buffer_registration_hook,
+                  nn.modules.module.register_module_module_registration_hook):
+    _register(_count_registration)
+
+
+def _tensor_key(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    return [(t.data_ptr(), t._version) for t in tensors]
 
 
 class StackPlan:
     """The typed per-layer weight lists of one backbone, and its scratch arrays per batch size."""
 
-    def __init__(self, layers: list[dict[str, np.ndarray]], rms: bool, eps: float, dtype, key: tuple) -> None:
-        self.layers, self.rms, self.eps, self.dtype, self.key = layers, rms, eps, dtype, key
+    def __init__(self, layers: list[dict[str, np.ndarray]], rms: bool, eps: float, dtype,
+                 sources: list[torch.Tensor]) -> None:
+        self.layers, self.rms, self.eps, self.dtype = layers, rms, eps, dtype
+        self.sources, self.sources_key = sources, _tensor_key(sources)
+        self.registrations = _registrations[0]
         self.weight_bytes = sum(a.nbytes for layer in layers for a in layer.values())
         self.d_model = layers[0]["norm_w"].shape[0]
         self.d_inner = layers[0]["A"].shape[0]
@@ -135,14 +159,15 @@ def stack_decoder(backbone: nn.Module, residual: torch.Tensor, states: list) -> 
     if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] > MAX_ROWS:
         return None
     dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(residual.dtype)
-    if dtype is None:
+    if dtype is None or not all(type(layer.mixer) is MambaBlock for layer in backbone.layers):
         return None
-    key = (dtype, _weights_key(backbone))
-    plan = getattr(backbone, "_stack_plan", None)
-    if plan is None or plan[0] != key:
-        plan = (key, _build(backbone, dtype, key))
-        backbone._stack_plan = plan
-    plan = plan[1]
+    plan = _plans.get(backbone)
+    # valid while no module, parameter or buffer was assigned anywhere and no source tensor changed
+    # (its storage, or its version counter: an in-place update such as an optimiser step)
+    if (plan is None or plan.dtype is not dtype or plan.registrations != _registrations[0]
+            or plan.sources_key != _tensor_key(plan.sources)):
+        plan = _build(backbone, dtype)
+        _plans[backbone] = plan
     if plan is None:
         return None
     for state in states:
@@ -155,7 +180,7 @@ def stack_decoder(backbone: nn.Module, residual: torch.Tensor, states: list) -> 
     return plan
 
 
-def _build(backbone: nn.Module, dtype, key: tuple) -> StackPlan | None:
+def _build(backbone: nn.Module, dtype) -> StackPlan | None:
     kinds = {_norm_kind(layer.norm) for layer in backbone.layers}
     if len(kinds) != 1 or None in kinds or len(backbone.layers) == 0:
         return None
@@ -163,7 +188,8 @@ def _build(backbone: nn.Module, dtype, key: tuple) -> StackPlan | None:
     if any(layer is None for layer in layers):
         return None
     rms, eps = kinds.pop()
-    return StackPlan(layers, rms, eps, dtype, key)
+    sources = [t for layer in backbone.layers for t in _sources(layer)]
+    return StackPlan(layers, rms, eps, dtype, sources)
 
 
 def head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

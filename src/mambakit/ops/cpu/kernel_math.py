@@ -45,6 +45,18 @@ def int32_bits_as_float32(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+def zero_of(v):
+    """0 in v's float type (float32 stays float32: ``v * 0`` would be float64 in numba). Compiled only."""
+    return 0.0
+
+
+@overload(zero_of, inline="always")
+def _zero_of_overload(v):
+    if v == types.float32:
+        return lambda v: _ZERO
+    return lambda v: 0.0
+
+
 def widen_weight(v):
     """A stored weight as a number to multiply by: bf16 bits (uint16) widened to float32, int8 converted to
     float32 (its row's scale is applied to the sum), float32 and float64 as they are. Compiled only."""

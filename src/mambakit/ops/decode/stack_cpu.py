@@ -24,12 +24,12 @@ from numba import njit
 from numba.typed import List
 
 from ..cpu.atomics import atomic_fetch_add, wait_until_at_least
-from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus
+from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, zero_of
 from ..linear.cpu import linear_rows
 
 # Phases of one layer, in order; each layer has 1 + 3·blocks + 1 items.
 NORM, IN_CONV, X_PROJ, SCAN, OUT = range(5)
-FIELDS = ("norm_w", "norm_b", "in_w", "in_s", "in_b", "conv_w", "conv_b", "x_proj_w", "dt_w", "dt_b", "A",
+FIELDS = ("norm_w", "norm_b", "in_w", "in_s", "in_b", "conv_w", "conv_b", "x_proj_w", "dt_wT", "dt_b", "A",
           "D", "out_w", "out_s", "out_b", "conv_state", "ssm_state")
 
 
@@ -43,12 +43,12 @@ def _norm(residual, update, add, weight, bias, eps, rms, hidden):
         if add:
             for k in range(d):
                 r[k] += update[m, k]
-        mean = r[0] * 0
+        mean = zero_of(r[0])
         if not rms:
             for k in range(d):
                 mean += r[k]
             mean /= d
-        sq = r[0] * 0
+        sq = zero_of(r[0])
         for k in range(d):
             c = r[k] - mean
             sq += c * c
@@ -70,7 +70,7 @@ def _in_proj_conv(hidden, in_w, in_s, in_b, conv_state, conv_w, conv_b, first, e
     for m in range(M):
         window = conv_state[m]
         for d in range(first, end):
-            acc = conv_b[d] if has_conv_bias else xz[m, d] * 0
+            acc = conv_b[d] if has_conv_bias else zero_of(xz[m, d])
             for k in range(W - 1):
                 v = window[d, k + 1]
                 window[d, k] = v
@@ -82,24 +82,32 @@ def _in_proj_conv(hidden, in_w, in_s, in_b, conv_state, conv_w, conv_b, first, e
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def _scan_rows(xz, xc, dbl, ssm_state, dt_w, dt_b, A, D, first, end, y):
-    """Channels first <= d < end: Δ = softplus(dt_proj), the state update, C·h + D·x, the SiLU gate."""
+def _scan_rows(xz, xc, dbl, ssm_state, dt_wT, dt_b, A, D, first, end, y):
+    """Channels first <= d < end: Δ = softplus(dt_proj), the state update, C·h + D·x, the SiLU gate.
+    dt_proj's weight comes transposed, (dt_rank, d_inner), so Δ is made for the whole block of channels at
+    once in vector registers (kept in y until the channel's output replaces it)."""
     d_inner, N = A.shape
-    R = dt_w.shape[1]
+    R = dt_wT.shape[0]
     has_D = D.shape[0] > 0
     M = xz.shape[0]
     for m in range(M):
+        dt = y[m]
+        for d in range(first, end):
+            dt[d] = dt_b[d]
+        for r in range(R):
+            c = dbl[m, r]
+            w = dt_wT[r]
+            for d in range(first, end):
+                dt[d] += w[d] * c
+        for d in range(first, end):
+            dt[d] = scalar_softplus(dt[d])
         h = ssm_state[m]
         for d in range(first, end):
-            v = dt_b[d]
-            for r in range(R):
-                v += dt_w[d, r] * dbl[m, r]
-            dt = scalar_softplus(v)
             x = xc[m, d]
-            dx = dt * x
-            acc = x * 0
+            dx = dt[d] * x
+            acc = zero_of(x)
             for n in range(N):
-                hn = scalar_exp(dt * A[d, n]) * h[d, n] + dx * dbl[m, R + n]
+                hn = scalar_exp(dt[d] * A[d, n]) * h[d, n] + dx * dbl[m, R + n]
                 h[d, n] = hn
                 acc += hn * dbl[m, R + N + n]
             if has_D:
@@ -115,7 +123,7 @@ def _block(n, blocks, i):
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A, D,
+def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b, x_proj_w, dt_wT, dt_b, A, D,
                       out_w, out_s, out_b, conv_state, ssm_state, eps, rms, blocks, counters,
                       hidden, xz, xc, dbl, y, update):
     """One thread's share of the step: claims items until none is left. ``counters``: [next item, items
@@ -157,7 +165,7 @@ def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b
                          dbl, 0)
         elif k <= 2 * blocks + 1:
             first, end = _block(A[layer].shape[0], blocks, k - blocks - 2)
-            _scan_rows(xz, xc, dbl, ssm_state[layer], dt_w[layer], dt_b[layer], A[layer], D[layer], first,
+            _scan_rows(xz, xc, dbl, ssm_state[layer], dt_wT[layer], dt_b[layer], A[layer], D[layer], first,
                        end, y)
         else:
             first, end = _block(d_model, blocks, k - 2 * blocks - 2)

@@ -10,7 +10,7 @@ import torch
 from numba import njit
 
 from ...errors import DeviceError
-from ..cpu.kernel_math import FASTMATH, widen_weight
+from ..cpu.kernel_math import FASTMATH, widen_weight, zero_of
 from ..cpu.threads import run_blocks, split_pairs
 from .ref import check_lowp_args
 
@@ -27,7 +27,7 @@ def linear_rows(w, scales, bias, x, first, end, out, out_offset):
         row = w[r]
         for m in range(M):
             xm = x[m]
-            acc = xm[0] * 0
+            acc = zero_of(xm[0])
             for k in range(K):
                 acc += widen_weight(row[k]) * xm[k]
             if has_scale:
