@@ -11,7 +11,8 @@ forward over a ``--prompt-len`` prompt that fills the cache (mambakit: the backb
 last position, as generation does; transformers: its forward with ``use_cache=True``, the same
 ``logits_to_keep=1``). "layer by layer" is mambakit's step without the fused whole-stack kernel
 (``models.stack_decode``), the path that every other kind of model takes. Floor: the bytes of weights one
-decode step must read (the LM head included; the embedding row is negligible) divided by the memory bandwidth measured here (a large float32 copy).
+decode step must read (the LM head included; the embedding row is negligible) divided by the memory
+bandwidth measured here (a large float32 copy).
 """
 
 from __future__ import annotations
