@@ -101,15 +101,17 @@ def _scan_rows(xz, xc, dbl, ssm_state, dt_wT, dt_b, A, D, first, end, y):
                 dt[d] += w[d] * c
         for d in range(first, end):
             dt[d] = scalar_softplus(dt[d])
-        h = ssm_state[m]
+        B, C = dbl[m, R:R + N], dbl[m, R + N:]
         for d in range(first, end):
             x = xc[m, d]
-            dx = dt[d] * x
+            delta = dt[d]
+            dx = delta * x
+            h, a = ssm_state[m, d], A[d]
             acc = zero_of(x)
             for n in range(N):
-                hn = scalar_exp(dt[d] * A[d, n]) * h[d, n] + dx * dbl[m, R + n]
-                h[d, n] = hn
-                acc += hn * dbl[m, R + N + n]
+                hn = scalar_exp(delta * a[n]) * h[n] + dx * B[n]
+                h[n] = hn
+                acc += hn * C[n]
             if has_D:
                 acc += D[d] * x
             zt = xz[m, d_inner + d]
