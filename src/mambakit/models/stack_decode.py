@@ -101,7 +101,7 @@ def _tensor_key(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
 
 
 class StackPlan:
-    """The typed per-layer weight lists of one backbone, and its scratch arrays per batch size."""
+    """The per-layer weight arrays of one backbone, and its scratch arrays per batch size."""
 
     def __init__(self, layers: list[dict[str, np.ndarray]], rms: bool, eps: float, dtype,
                  sources: list[torch.Tensor]) -> None:
@@ -132,7 +132,7 @@ class StackPlan:
             for layer, state in zip(self.layers, states, strict=True):
                 layer["conv_state"] = state["conv_state"].numpy()
                 layer["ssm_state"] = state["ssm_state"].numpy()
-            self._lists, self._states_key = stack_cpu.typed_lists(self.layers), states_key
+            self._lists, self._states_key = stack_cpu.per_layer_lists(self.layers), states_key
         if batch not in self._scratch:
             self._scratch[batch] = stack_cpu.scratch(batch, self.d_model, self.d_inner, self.dbl_width,
                                                      self.dtype)

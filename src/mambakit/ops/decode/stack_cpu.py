@@ -175,9 +175,29 @@ def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b
         atomic_fetch_add(counters, 1, 1)
 
 
-def typed_lists(layers: list[dict[str, np.ndarray]]) -> tuple[List, ...]:
-    """The per-layer arrays as one numba typed list per field of :data:`FIELDS` (built once per model)."""
-    return tuple(List([layer[name] for layer in layers]) for name in FIELDS)
+@njit(cache=True)
+def _list_of(first):
+    out = List()
+    out.append(first)
+    return out
+
+
+@njit(cache=True)
+def _append(items, item):
+    items.append(item)
+
+
+def per_layer_lists(layers: list[dict[str, np.ndarray]]) -> tuple[List, ...]:
+    """The per-layer arrays as one numba typed list per field of :data:`FIELDS`. The lists are built by
+    compiled (and disk-cached) functions: built from Python, a typed list compiles its methods again in
+    every new process (about a second); a tuple instead would make the kernel compile once per depth."""
+    lists = []
+    for name in FIELDS:
+        items = _list_of(layers[0][name])
+        for layer in layers[1:]:
+            _append(items, layer[name])
+        lists.append(items)
+    return tuple(lists)
 
 
 def scratch(batch: int, d_model: int, d_inner: int, dbl_width: int, dtype) -> tuple[np.ndarray, ...]:
