@@ -126,9 +126,18 @@ def _conv_backward_kernel(x, weight, bias, silu, seg_start, first_pair, end_pair
                         dw_part[d, k] -= g_pre[t] * xs[src]
 
 
+# torch.profiler labels of the fused convolution's forward and backward
+PROFILE_FORWARD, PROFILE_BACKWARD = "mambakit::causal_conv1d_forward", "mambakit::causal_conv1d_backward"
+
+
 class _FusedConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu, seg_start):
+        with torch.profiler.record_function(PROFILE_FORWARD):
+            return _FusedConv._forward(ctx, x, weight, bias, silu, seg_start)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, silu, seg_start):
         batch, dim, L = x.shape
         out = torch.empty_like(x)
         arrays = (x.numpy(), weight.numpy(), bias.numpy())
@@ -146,6 +155,11 @@ class _FusedConv(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        with torch.profiler.record_function(PROFILE_BACKWARD):
+            return _FusedConv._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, weight, bias, seg_start = ctx.saved_tensors
         batch, dim, L = x.shape
         workers, blocks = split_pairs(batch * dim, 3 * batch * dim * L * weight.shape[1])

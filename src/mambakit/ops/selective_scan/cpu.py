@@ -51,6 +51,8 @@ from .common import check_real_scan, empty_scan, kernel_layout
 
 CHUNK = 64  # steps between saved states; the backward pass keeps CHUNK × N states per thread
 FORWARD_KERNELS = ("auto", "lanes", "channels")
+# torch.profiler labels of the fused scan's forward and backward (benchmarks/train_throughput.py --breakdown)
+PROFILE_FORWARD, PROFILE_BACKWARD = "mambakit::selective_scan_forward", "mambakit::selective_scan_backward"
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -294,6 +296,13 @@ class FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index, initial_state=None,
                 lanes=False, starts=None):
+        with torch.profiler.record_function(PROFILE_FORWARD):
+            return FusedScan._forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index,
+                                      initial_state, lanes, starts)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, softplus, b_index, c_index, initial_state,
+                 lanes, starts):
         batch, dim, L = u.shape
         N = A.shape[1]
         chunk = CHUNK
@@ -332,6 +341,11 @@ class FusedScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlast):
+        with torch.profiler.record_function(PROFILE_BACKWARD):
+            return FusedScan._backward(ctx, dout, dlast)
+
+    @staticmethod
+    def _backward(ctx, dout, dlast):
         u, delta, A, Bk, Ck, D, z, delta_bias, states, starts = ctx.saved_tensors
         batch, dim, L = u.shape
         N = A.shape[1]
