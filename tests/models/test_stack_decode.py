@@ -77,6 +77,8 @@ def test_plan_applies_only_where_it_computes_the_same_thing():
         assert stack_decode.stack_decoder(model.backbone, residual.bfloat16(), states) is None
         other = list(model.allocate_inference_cache(2))   # states of another batch size
         assert stack_decode.stack_decoder(model.backbone, residual, other) is None
+        wider = list(_model(d_state=16).allocate_inference_cache(1))   # another model's states
+        assert stack_decode.stack_decoder(model.backbone, residual, wider) is None
     assert stack_decode.stack_decoder(model.backbone, residual, states) is None   # autograd on
     with torch.no_grad():
         hybrid = {"layer_types": "M*M", "layer_cfg": {"mamba2": {"headdim": 16}}}
@@ -137,3 +139,11 @@ def test_a_model_with_a_plan_still_deep_copies():
     _run_both(model, 1, steps=2)
     twin = copy.deepcopy(model)
     torch.testing.assert_close(_run_both(twin, 1)[0], _run_both(model, 1)[0])
+
+
+def test_a_cache_of_another_shape_is_refused_with_the_layers_error():
+    from mambakit.errors import ShapeError
+
+    model, other = _model(), _model(d_state=16)
+    with torch.no_grad(), pytest.raises(ShapeError, match="ssm_state"):
+        model.step(torch.tensor([1]), other.allocate_inference_cache(1))

@@ -170,12 +170,18 @@ def stack_decoder(backbone: nn.Module, residual: torch.Tensor, states: list) -> 
         _plans[backbone] = plan
     if plan is None:
         return None
-    for state in states:
+    if residual.shape[1] != plan.d_model or len(states) != len(plan.layers):
+        return None
+    batch = residual.shape[0]
+    for state, layer in zip(states, plan.layers, strict=True):
+        # the kernel does not check bounds: states of any other shape go to the layer-by-layer path,
+        # whose checks name what is wrong
         if not isinstance(state, dict) or set(state) != {"conv_state", "ssm_state"}:
             return None
-        for t in state.values():
-            if t.dtype != residual.dtype or t.device.type != "cpu" or not t.is_contiguous() \
-                    or t.shape[0] != residual.shape[0]:
+        expected = {"conv_state": (batch, *layer["conv_w"].shape), "ssm_state": (batch, *layer["A"].shape)}
+        for name, t in state.items():
+            if (not isinstance(t, torch.Tensor) or t.dtype != residual.dtype or t.device.type != "cpu"
+                    or not t.is_contiguous() or tuple(t.shape) != expected[name]):
                 return None
     return plan
 
