@@ -1,5 +1,7 @@
 """The fused decoding step (numba): conv-window shift, convolution + SiLU, x_proj, dt_proj + softplus,
-the state update and the gated output, for each batch row in one pass with everything in cache.
+the state update and the gated output, for each batch row in one pass with everything in cache. Its phases
+(:func:`conv_rows`, x_proj by ``linear_rows``, :func:`scan_rows`) are also those of the fused stack
+(:mod:`.stack_cpu`), which runs them for blocks of channels on several threads.
 
 Same map as :func:`~.ref.mamba_decode_step_ref`. The weights are read once per row; at batch 1 the kernel is
 bound by reading x_proj's and dt_proj's weights (small next to in_proj and out_proj, which stay torch
@@ -14,54 +16,79 @@ from numba import njit
 
 from ..._checks import check_shape, check_tensor
 from ...errors import DeviceError, DTypeError
-from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus
+from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, zero_of
 from ..cpu.threads import run_blocks, split_pairs
+from ..linear.cpu import linear_rows
 from . import fused_step_applies
 
 
-@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def _decode_rows(xz, conv_state, ssm_state, conv_w, conv_b, x_proj_w, dt_w, dt_b, A, D, first, end, zero,
-                 out, xc, dbl):
-    """Rows ``first <= b < end``; xc (d_inner,) and dbl (dt_rank + 2N,) are the row's scratch."""
-    d_inner, W = conv_w.shape
-    N = A.shape[1]
-    R = dt_w.shape[1]
-    has_bias, has_D = conv_b.shape[0] > 0, D.shape[0] > 0
-    for b in range(first, end):
-        window = conv_state[b]
-        for d in range(d_inner):   # shift the window, take the new input, convolve, SiLU
-            acc = conv_b[d] if has_bias else zero
+@njit(nogil=True, fastmath=FASTMATH, cache=True)
+def conv_rows(xz, conv_state, conv_w, conv_b, first, end, xc):
+    """Channels first <= d < end of every row m: shift the conv window, take x = xz[m, d], convolve, SiLU
+    into xc[m, d]."""
+    W = conv_w.shape[1]
+    has_bias = conv_b.shape[0] > 0
+    for m in range(xz.shape[0]):
+        window = conv_state[m]
+        for d in range(first, end):
+            acc = conv_b[d] if has_bias else zero_of(xz[m, d])
             for k in range(W - 1):
                 v = window[d, k + 1]
                 window[d, k] = v
                 acc += conv_w[d, k] * v
-            v = xz[b, d]
+            v = xz[m, d]
             window[d, W - 1] = v
             acc += conv_w[d, W - 1] * v
-            xc[d] = acc * scalar_sigmoid(acc)
-        for j in range(R + 2 * N):   # x_proj: (R + 2N, d_inner) @ xc
-            acc = zero
-            row = x_proj_w[j]
-            for d in range(d_inner):
-                acc += row[d] * xc[d]
-            dbl[j] = acc
-        h = ssm_state[b]
-        for d in range(d_inner):
-            v = dt_b[d]
-            for r in range(R):
-                v += dt_w[d, r] * dbl[r]
-            dt = scalar_softplus(v)
-            x = xc[d]
-            dx = dt * x
-            acc = zero
+            xc[m, d] = acc * scalar_sigmoid(acc)
+
+
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def scan_rows(xz, xc, dbl, ssm_state, dt_wT, dt_b, A, D, first, end, y):
+    """Channels first <= d < end: Δ = softplus(dt_proj), the state update, C·h + D·x, the SiLU gate.
+    dt_wT is dt_proj's weight transposed, (dt_rank, d_inner): contiguous (the fused stack keeps such a copy),
+    Δ is made for the whole block of channels at once in vector registers; a transposed view works too. Δ is
+    kept in y until the channel's output replaces it."""
+    d_inner, N = A.shape
+    R = dt_wT.shape[0]
+    has_D = D.shape[0] > 0
+    M = xz.shape[0]
+    for m in range(M):
+        dt = y[m]
+        for d in range(first, end):
+            dt[d] = dt_b[d]
+        for r in range(R):
+            c = dbl[m, r]
+            w = dt_wT[r]
+            for d in range(first, end):
+                dt[d] += w[d] * c
+        for d in range(first, end):
+            dt[d] = scalar_softplus(dt[d])
+        B, C = dbl[m, R:R + N], dbl[m, R + N:]
+        for d in range(first, end):
+            x = xc[m, d]
+            delta = dt[d]
+            dx = delta * x
+            h, a = ssm_state[m, d], A[d]
+            acc = zero_of(x)
             for n in range(N):
-                hn = scalar_exp(dt * A[d, n]) * h[d, n] + dx * dbl[R + n]
-                h[d, n] = hn
-                acc += hn * dbl[R + N + n]
+                hn = scalar_exp(delta * a[n]) * h[n] + dx * B[n]
+                h[n] = hn
+                acc += hn * C[n]
             if has_D:
                 acc += D[d] * x
-            zt = xz[b, d_inner + d]
-            out[b, d] = acc * (zt * scalar_sigmoid(zt))
+            zt = xz[m, d_inner + d]
+            y[m, d] = acc * (zt * scalar_sigmoid(zt))
+
+
+@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def _decode_rows(xz, conv_state, ssm_state, conv_w, conv_b, x_proj_w, dt_wT, dt_b, A, D, first, end, out, xc,
+                 dbl):
+    """Rows ``first <= b < end``, all channels; xc (rows, d_inner), dbl (rows, dt_rank + 2N): scratch."""
+    d_inner = A.shape[0]
+    rows = slice(first, end)
+    conv_rows(xz[rows], conv_state[rows], conv_w, conv_b, 0, d_inner, xc)
+    linear_rows(x_proj_w, dt_b[:0], dt_b[:0], xc, 0, x_proj_w.shape[0], dbl, 0)
+    scan_rows(xz[rows], xc, dbl, ssm_state[rows], dt_wT, dt_b, A, D, 0, d_inner, out[rows])
 
 
 def mamba_decode_step_cpu(xz, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
@@ -95,15 +122,16 @@ def mamba_decode_step_cpu(xz, conv_state, ssm_state, conv_weight, conv_bias, x_p
     arrays = [xz.detach().contiguous().numpy(), conv_state.detach().numpy(), ssm_state.detach().numpy()]
     params = [conv_weight.detach().contiguous().numpy(),
               empty if conv_bias is None else conv_bias.detach().contiguous().numpy(),
-              x_proj_weight.detach().contiguous().numpy(), dt_proj_weight.detach().contiguous().numpy(),
+              x_proj_weight.detach().contiguous().numpy(), dt_proj_weight.detach().contiguous().numpy().T,
               dt_proj_bias.detach().contiguous().numpy(), A.detach().contiguous().numpy(),
               empty if D is None else D.detach().contiguous().numpy()]
     out = torch.empty(batch, d_inner, dtype=xz.dtype)
-    out_np, zero = out.numpy(), np_dtype(0)
+    out_np = out.numpy()
 
     def block(_, first, end):
-        xc, dbl = np.empty(d_inner, dtype=np_dtype), np.empty(R + 2 * N, dtype=np_dtype)
-        _decode_rows(*arrays, *params, first, end, zero, out_np, xc, dbl)
+        xc = np.empty((end - first, d_inner), dtype=np_dtype)
+        dbl = np.empty((end - first, R + 2 * N), dtype=np_dtype)
+        _decode_rows(*arrays, *params, first, end, out_np, xc, dbl)
 
     run_blocks(block, *split_pairs(batch, batch * d_inner * (N + R + W) * 8))
     return out

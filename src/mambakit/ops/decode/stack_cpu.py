@@ -24,11 +24,10 @@ from numba import njit
 from numba.typed import List
 
 from ..cpu.atomics import atomic_fetch_add, wait_until_at_least
-from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, zero_of
+from ..cpu.kernel_math import FASTMATH, zero_of
 from ..linear.cpu import linear_rows
+from .cpu import conv_rows, scan_rows
 
-# Phases of one layer, in order; each layer has 1 + 3·blocks + 1 items.
-NORM, IN_CONV, X_PROJ, SCAN, OUT = range(5)
 FIELDS = ("norm_w", "norm_b", "in_w", "in_s", "in_b", "conv_w", "conv_b", "x_proj_w", "dt_wT", "dt_b", "A",
           "D", "out_w", "out_s", "out_b", "conv_state", "ssm_state")
 
@@ -61,61 +60,11 @@ def _norm(residual, update, add, weight, bias, eps, rms, hidden):
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
 def _in_proj_conv(hidden, in_w, in_s, in_b, conv_state, conv_w, conv_b, first, end, xz, xc):
     """Channels first <= d < end: x and z rows of in_proj, then the conv window's shift, the conv and SiLU."""
-    d_inner, W = conv_w.shape
+    d_inner = conv_w.shape[0]
     linear_rows(in_w, in_s, in_b, hidden, first, end, xz, 0)
     # the gate's rows follow x's in in_proj: rows d_inner + d go to xz[:, d_inner + d]
     linear_rows(in_w[d_inner:], in_s[d_inner:], in_b[d_inner:], hidden, first, end, xz, d_inner)
-    M = hidden.shape[0]
-    has_conv_bias = conv_b.shape[0] > 0
-    for m in range(M):
-        window = conv_state[m]
-        for d in range(first, end):
-            acc = conv_b[d] if has_conv_bias else zero_of(xz[m, d])
-            for k in range(W - 1):
-                v = window[d, k + 1]
-                window[d, k] = v
-                acc += conv_w[d, k] * v
-            v = xz[m, d]
-            window[d, W - 1] = v
-            acc += conv_w[d, W - 1] * v
-            xc[m, d] = acc * scalar_sigmoid(acc)
-
-
-@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def _scan_rows(xz, xc, dbl, ssm_state, dt_wT, dt_b, A, D, first, end, y):
-    """Channels first <= d < end: Δ = softplus(dt_proj), the state update, C·h + D·x, the SiLU gate.
-    dt_proj's weight comes transposed, (dt_rank, d_inner), so Δ is made for the whole block of channels at
-    once in vector registers (kept in y until the channel's output replaces it)."""
-    d_inner, N = A.shape
-    R = dt_wT.shape[0]
-    has_D = D.shape[0] > 0
-    M = xz.shape[0]
-    for m in range(M):
-        dt = y[m]
-        for d in range(first, end):
-            dt[d] = dt_b[d]
-        for r in range(R):
-            c = dbl[m, r]
-            w = dt_wT[r]
-            for d in range(first, end):
-                dt[d] += w[d] * c
-        for d in range(first, end):
-            dt[d] = scalar_softplus(dt[d])
-        B, C = dbl[m, R:R + N], dbl[m, R + N:]
-        for d in range(first, end):
-            x = xc[m, d]
-            delta = dt[d]
-            dx = delta * x
-            h, a = ssm_state[m, d], A[d]
-            acc = zero_of(x)
-            for n in range(N):
-                hn = scalar_exp(delta * a[n]) * h[n] + dx * B[n]
-                h[n] = hn
-                acc += hn * C[n]
-            if has_D:
-                acc += D[d] * x
-            zt = xz[m, d_inner + d]
-            y[m, d] = acc * (zt * scalar_sigmoid(zt))
+    conv_rows(xz, conv_state, conv_w, conv_b, first, end, xc)
 
 
 @njit(nogil=True, cache=True)
@@ -167,7 +116,7 @@ def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b
                          dbl, 0)
         elif k <= 2 * blocks + 1:
             first, end = _block(A[layer].shape[0], blocks, k - blocks - 2)
-            _scan_rows(xz, xc, dbl, ssm_state[layer], dt_wT[layer], dt_b[layer], A[layer], D[layer], first,
+            scan_rows(xz, xc, dbl, ssm_state[layer], dt_wT[layer], dt_b[layer], A[layer], D[layer], first,
                        end, y)
         else:
             first, end = _block(d_model, blocks, k - 2 * blocks - 2)
