@@ -26,6 +26,7 @@ from ..ops.linear import cpu as linear_cpu
 MAX_ROWS = linear_cpu.MAX_ROWS   # above this batch, matrix-matrix products beat row-by-row reads
 MIN_BYTES_PER_WORKER = 1 << 21   # weights per step below which a second thread costs more than it saves
 BLOCKS_PER_WORKER = 2
+_TORCH = {np.float32: torch.float32, np.float64: torch.float64}   # the kernels' dtypes, as torch names them
 
 
 def _array(t: torch.Tensor | None, dtype: np.dtype) -> np.ndarray:
@@ -78,8 +79,6 @@ def _layer_arrays(layer: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray] | 
                   out_b=out_proj[2])
     return arrays
 
-
-_TORCH = {np.float32: torch.float32, np.float64: torch.float64}
 
 
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # backbone -> its plan (or None)
