@@ -31,6 +31,26 @@ from ..ops import (
 from ..ops.decode import fused_step_applies, mamba_decode_step
 
 
+def _project_channels_first(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``linear`` applied to the channels of x (batch, in_features, L) -> (batch, out_features, L), contiguous.
+
+    An ``nn.Linear`` runs as one product W @ x, so what the conv and scan kernels read comes out in their
+    (batch, channels, L) layout: transposing (batch, L, channels) into it is a copy that costs more than the
+    product at prefill shapes (measured: benchmarks/inference.py). Other layers (low-precision weights) are
+    applied to the (batch, L, channels) view.
+    """
+    if type(linear) is nn.Linear:
+        out = _weight_times(linear.weight, x)
+        return out if linear.bias is None else out + linear.bias[:, None]
+    return linear(x.transpose(1, 2)).transpose(1, 2)
+
+
+def _weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) @ x (batch, in, L) -> (batch, out, L), contiguous. A batched product with the weight
+    broadcast: ``torch.matmul`` computes x^T W^T for a weight that requires grad and copies the transpose out."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
 class MambaBlock(nn.Module):
     """Selective state-space mixer: (batch, L, d_model) -> (batch, L, d_model).
 
@@ -197,15 +217,16 @@ class MambaBlock(nn.Module):
         batch, L, _ = hidden_states.shape
         if state is not None:
             self._check_state(state, batch)
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2·d_inner, L)
+        xz = _project_channels_first(self.in_proj, hidden_states.transpose(1, 2))  # (batch, 2·d_inner, L)
         x, z = xz.chunk(2, dim=1)
         if state is None:
             x = causal_conv1d(x, *self._conv_params(x.dtype), activation="silu", seq_idx=seq_idx)
         else:  # the first window reaches back d_conv - 1 inputs into what the state summarises
             x = causal_conv1d_with_state(x, state["conv_state"], *self._conv_params(x.dtype),
                                          activation="silu", seq_idx=seq_idx)
-        dt, B, C = self._ssm_params(self.x_proj(x.transpose(1, 2)))  # (batch, L, ·)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (batch, d_inner, L), bias added in scan
+        x_dbl = _project_channels_first(self.x_proj, x)  # (batch, dt_rank + 2N, L)
+        dt, B, C = self._ssm_params(x_dbl.transpose(1, 2))  # (batch, L, ·) views
+        dt = _weight_times(self.dt_proj.weight, dt.transpose(1, 2))  # (batch, d_inner, L), bias added in scan
         A = -torch.exp(self._upcast(self.A_log))
         result = selective_scan(
             x,
