@@ -92,12 +92,11 @@ def main() -> None:
     def kernel(first: int, end: int) -> None:
         scan_forward_kernel(*arrays, *absent, *b_index, *c_index, CHUNK, first, end, np.float32(0), *outs)
 
-    lanes = min(cpu_lanes.LANES, d)
-    blocks = cpu_lanes.lane_blocks(b, d, b_index[2], c_index[2], lanes)
+    blocks = cpu_lanes.lane_blocks(b, d, b_index[2], c_index[2], cpu_lanes.LANES)
 
     def lane_kernel(first: int, end: int) -> None:
         cpu_lanes.scan_forward_lanes_kernel(*arrays, *absent, b_index[0], b_index[2], c_index[0],
-                                                  c_index[2], CHUNK, lanes, blocks, first, end, np.float32(0),
+                                                  c_index[2], CHUNK, blocks, first, end, np.float32(0),
                                                   *outs)
 
     def on_two_threads(fn, count: int) -> None:

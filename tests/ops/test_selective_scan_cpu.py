@@ -263,7 +263,7 @@ def test_lane_kernel_writes_what_the_per_channel_kernel_writes(case, with_initia
         if lane_kernel:
             blocks = scan_cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
             scan_cpu_lanes.scan_forward_lanes_kernel(*arrays, *options, b_index[0], b_index[2], c_index[0],
-                                                      c_index[2], chunk, lanes, blocks, 0, len(blocks), zero,
+                                                      c_index[2], chunk, blocks, 0, len(blocks), zero,
                                                       *outs)
         else:
             scan_cpu.scan_forward_kernel(*arrays, *options, *b_index, *c_index, chunk, 0, batch * dim, zero,

@@ -32,7 +32,7 @@ from ..ops.decode import fused_step_applies, mamba_decode_step
 
 
 def _project_channels_first(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``linear`` applied to the channels of x (batch, in_features, L) -> (batch, out_features, L), contiguous.
+    """``linear`` on the channels of x (batch, in_features, L) -> (batch, out_features, L), contiguous.
 
     An ``nn.Linear`` runs as one product W @ x, so what the conv and scan kernels read comes out in their
     (batch, channels, L) layout: transposing (batch, L, channels) into it is a copy that costs more than the
@@ -46,8 +46,8 @@ def _project_channels_first(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (out, in) @ x (batch, in, L) -> (batch, out, L), contiguous. A batched product with the weight
-    broadcast: ``torch.matmul`` computes x^T W^T for a weight that requires grad and copies the transpose out."""
+    """weight (out, in) @ x (batch, in, L) -> (batch, out, L), contiguous: a batched product with the weight
+    broadcast (``torch.matmul`` computes x^T W^T for a weight that requires grad, then copies it out)."""
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 

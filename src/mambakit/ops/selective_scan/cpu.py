@@ -317,13 +317,12 @@ class FusedScan(torch.autograd.Function):
         work = batch * dim * L * N
         ctx.lanes = None
         if lanes:
-            lanes = min(cpu_lanes.LANES, dim)
-            blocks = cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], lanes)
-            ctx.lanes = (lanes, blocks)   # the backward pass runs on the same blocks
+            blocks = cpu_lanes.lane_blocks(batch, dim, b_index[2], c_index[2], cpu_lanes.LANES)
+            ctx.lanes = blocks   # the backward pass runs on the same blocks
 
             def lane_block(_, first, end):
                 cpu_lanes.scan_forward_lanes_kernel(
-                    *arrays, *options, b_index[0], b_index[2], c_index[0], c_index[2], chunk, lanes, blocks,
+                    *arrays, *options, b_index[0], b_index[2], c_index[0], c_index[2], chunk, blocks,
                     first, end, zero, *outs)
 
             run_blocks(lane_block, *split_pairs(len(blocks), work))
@@ -353,7 +352,7 @@ class FusedScan(torch.autograd.Function):
         dlast = (torch.zeros(batch, dim, N, dtype=u.dtype) if dlast is None
                  else dlast.contiguous().to(u.dtype))
         # The lane kernel walks the forward's blocks of channels; the per-channel one, (row, channel) pairs.
-        units = batch * dim if ctx.lanes is None else len(ctx.lanes[1])
+        units = batch * dim if ctx.lanes is None else len(ctx.lanes)
         workers, blocks = split_pairs(units, 3 * batch * dim * L * N)
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
         dz = torch.empty_like(u) if z is not None else None
@@ -373,12 +372,12 @@ class FusedScan(torch.autograd.Function):
         parts = [t.numpy() for t in (dA_part, dB_part, dC_part, dD_part, dbias_part)]
 
         if ctx.lanes is not None:
-            lanes, lane_blocks = ctx.lanes
+            lane_blocks = ctx.lanes
 
             def block(i, first, end):
                 cpu_lanes_bwd.scan_backward_lanes_kernel(
                     *arrays, *options, ctx.b_index[0], ctx.b_index[2], ctx.c_index[0], ctx.c_index[2],
-                    ctx.chunk, lanes, lane_blocks, first, end, zero, *grads, *(part[i] for part in parts))
+                    ctx.chunk, lane_blocks, first, end, zero, *grads, *(part[i] for part in parts))
         else:
             def block(i, first, end):
                 scan_backward_kernel(*arrays, *options, *ctx.b_index, *ctx.c_index, ctx.chunk, first, end,

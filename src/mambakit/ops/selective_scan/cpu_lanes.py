@@ -43,7 +43,9 @@ from ..cpu.kernel_math import (
     scalar_softplus,
 )
 
-LANES = 32   # channels per block; faster than 8, 16 and 64 on AVX2 (one thread, (1, 768, 2048, 16))
+# Channels per block, the width of every tile (narrower blocks are padded); faster than 8, 16 and 64 on AVX2
+# (one thread, (1, 768, 2048, 16)). The kernels compile it in: blocks must be built with it.
+LANES = 32
 
 _F32 = np.float32
 # 2^f on [-1/2, 1/2] as 1 + f·(Q1 + f·(Q2 + ...)), fitted to relative error (reweighted least squares).
@@ -104,9 +106,9 @@ def _load_states(h, h0, b, d0, width, zero):
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softplus, b_sel, dpg_b, c_b_sel,
-                               dpg_c, chunk, lanes, blocks, first_block, end_block, zero, out, states, last):
+                               dpg_c, chunk, blocks, first_block, end_block, zero, out, states, last):
     """The per-channel forward kernel's (out, states, last) for the blocks ``first_block <= i < end_block``
-    of ``blocks`` (rows (b, d0, d1) from :func:`lane_blocks`, at most ``lanes`` channels each).
+    of ``blocks`` (rows (b, d0, d1) from :func:`lane_blocks`, at most ``LANES`` channels each).
 
     u, delta: (batch, dim, L); D, bias: (dim,) or empty (absent); z: like u or empty; h0: the initial state
     (batch, dim, N), or empty (zeros); starts: (batch, L) uint8, 1 where a packed sequence starts, or empty.
@@ -116,6 +118,7 @@ def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softp
     """
     L = u.shape[2]
     N = A.shape[1]
+    lanes = LANES   # a compile-time constant: the lane loops unroll without per-row alias checks
     n_chunks = (L + chunk - 1) // chunk
     has_D, has_z, has_bias, has_h0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, h0.shape[0] > 0
     has_starts = starts.shape[0] > 0
@@ -127,6 +130,8 @@ def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softp
     rows = np.empty((lanes, chunk), dtype=u.dtype)     # channel-major staging of dt, then of y
     for block in range(first_block, end_block):
         b, d0, width = blocks[block, 0], blocks[block, 1], blocks[block, 2] - blocks[block, 1]
+        if width > lanes:
+            raise ValueError("blocks: a block wider than LANES channels")
         Bs = Bk[b * b_sel, d0 // dpg_b]   # (L, N), shared by the block's channels
         Cs = Ck[b * c_b_sel, d0 // dpg_c]
         for n in range(N):

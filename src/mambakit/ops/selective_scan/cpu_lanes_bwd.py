@@ -1,17 +1,23 @@
 """The fused CPU scan's float32 backward kernel for input-dependent B and C, vectorised across channels.
 
 The counterpart of :mod:`.cpu_lanes`' forward: a block of up to ``LANES`` channels of one batch row that
-share one group of B and one of C walks the chunks in reverse with its states as (N, lanes) tiles. Per chunk
-it recomputes the states from the saved chunk start (decays by the same 2^(dt·A·log2 e) as the forward),
-then walks the chunk back,
+share one group of B and one of C walks the chunks in reverse with its states as (N, lanes) tiles. Per chunk,
+in three passes over (step, n, lane) tiles:
 
-    G[n, :]   = dh[n, :] + dy_t[:] · C[t, n]          (the gradient of h_t)
-    dh[n, :]  = G[n, :] ⊙ exp(dt_t A)[n, :]            (... carried to h_{t-1})
+    recompute, from the saved chunk start:  E_t = exp(dt_t A)  (the forward's 2^(dt·A·log2 e)),
+                                            Q_t = E_t ⊙ h_{t-1},  h_t = Q_t + (dt_t u_t) B_t
+    walk back (the only sequential part):   G_t = dh + dy_t C_t,  dh <- G_t ⊙ E_t   (G_t over E_t)
+    what the gradients give, per step:      d(dt) = Σ_n G·Q·A + u Σ_n G·B,  du = dt Σ_n G·B,
+                                            dA += G·Q·dt,  dB_t = Σ_lanes G·(dt u),
+                                            dC_t = Σ_lanes dy·Q + B_t Σ_lanes dy·(dt u)
 
-turning each G at once into the inputs' gradients with lane-wide operations: d(dt), du and dA per channel
-without any sum across lanes, and dB[t, n], dC[t, n] (shared by the block's channels) as one sum over the
-lanes per (t, n), written once per block instead of once per channel. It computes what
-:func:`~mambakit.ops.selective_scan.cpu.scan_backward_kernel` computes for the same blocks
+Q_t (rather than h_{t-1}) is what every gradient reads, since G·Q = G·E·h_{t-1} and h_t = Q_t + x_t B_t; so
+the recompute pass does nothing but the recurrence, and the sums over n are lane-wide with no reduction
+across lanes (dB and dC, shared by the block's channels, take one sum over the lanes per (t, n), written once
+per block instead of once per channel; they share the third pass's loop, which measured faster than two).
+Element-wise work (softplus and its derivative, the gate, D·u, dz, the D and bias sums) runs along each
+channel's contiguous row, staged through (lanes, chunk) tiles as in the forward.
+It computes what :func:`~mambakit.ops.selective_scan.cpu.scan_backward_kernel` computes for the same blocks
 (:func:`~.cpu_lanes.lane_blocks`), which stays the backward pass for float64 and time-invariant B or C.
 """
 
@@ -21,39 +27,46 @@ import numpy as np
 from numba import njit
 
 from ..cpu.kernel_math import FASTMATH, LOG2E, scalar_sigmoid, scalar_softplus, scalar_softplus_grad
-from .cpu_lanes import _exp2_float32
+from .cpu_lanes import LANES, _exp2_float32
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus, b_sel, dpg_b, c_b_sel,
-                               dpg_c, chunk, lanes, blocks, first_block, end_block, zero, states, dout,
+                               dpg_c, chunk, blocks, first_block, end_block, zero, states, dout,
                                dlast, du, ddelta, dz, dh0, dA_part, dB_part, dC_part, dD_part, dbias_part):
     """Gradients for the blocks ``first_block <= i < end_block`` of ``blocks`` (rows (b, d0, d1)); the
     arguments as :func:`~.cpu.scan_backward_kernel`'s (dA_part, dB_part, dC_part, dD_part, dbias_part: this
     thread's partial sums)."""
     L = u.shape[2]
     N = A.shape[1]
+    lanes = LANES   # compiled in, as in the forward kernel
     n_chunks = (L + chunk - 1) // chunk
     has_D, has_z, has_bias, has_dh0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, dh0.shape[0] > 0
     has_starts = starts.shape[0] > 0
     A2 = np.empty((N, lanes), dtype=u.dtype)          # A·log2(e): the decay's exponent in base 2
     Ar = np.empty((N, lanes), dtype=u.dtype)          # A itself, for the gradients
-    H = np.empty((chunk + 1, N, lanes), dtype=u.dtype)
-    E = np.empty((chunk, N, lanes), dtype=u.dtype)
+    E = np.empty((chunk, N, lanes), dtype=u.dtype)    # the decays; walking back, the states' gradients G
+    Q = np.empty((chunk, N, lanes), dtype=u.dtype)    # exp(dt_t A) h_{t-1}, the decayed state
+    h = np.empty((N, lanes), dtype=u.dtype)
     dh = np.empty((N, lanes), dtype=u.dtype)
     dA = np.empty((N, lanes), dtype=u.dtype)
     dt_t = np.empty((chunk, lanes), dtype=u.dtype)    # step-major tiles of the chunk
     x_t = np.empty((chunk, lanes), dtype=u.dtype)     # dt · u
     u_t = np.empty((chunk, lanes), dtype=u.dtype)
     dy_t = np.empty((chunk, lanes), dtype=u.dtype)    # gradient of the ungated y
-    ddt_t = np.empty((chunk, lanes), dtype=u.dtype)
-    du_t = np.empty((chunk, lanes), dtype=u.dtype)
+    ddt_t = np.empty((chunk, lanes), dtype=u.dtype)   # sum_n G·Q·A, then d(dt)
+    gb_t = np.empty((chunk, lanes), dtype=u.dtype)    # sum_n G·B
     yc_t = np.empty((chunk, lanes), dtype=u.dtype)    # <C_t, h_t>, for dz
-    acc = np.empty(lanes, dtype=u.dtype)
-    acc2 = np.empty(lanes, dtype=u.dtype)
-    dtg_t = np.empty((chunk, lanes), dtype=u.dtype)   # d dt / d delta (softplus)
+    r_dt = np.empty((lanes, chunk), dtype=u.dtype)    # channel-major rows: dt, later d(dt)
+    r_dtg = np.empty((lanes, chunk), dtype=u.dtype)   # d dt / d delta (softplus)
+    r_sig = np.empty((lanes, chunk), dtype=u.dtype)   # sigmoid(z)
+    r_dy = np.empty((lanes, chunk), dtype=u.dtype)    # gradient of the ungated y
+    r_gb = np.empty((lanes, chunk), dtype=u.dtype)
+    r_yc = np.empty((lanes, chunk), dtype=u.dtype)
     for block in range(first_block, end_block):
         b, d0, width = blocks[block, 0], blocks[block, 1], blocks[block, 2] - blocks[block, 1]
+        if width > lanes:
+            raise ValueError("blocks: a block wider than LANES channels")
         Bs = Bk[b * b_sel, d0 // dpg_b]
         Cs = Ck[b * c_b_sel, d0 // dpg_c]
         dBs = dB_part[b * b_sel, d0 // dpg_b]
@@ -75,77 +88,120 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
         for c in range(n_chunks - 1, -1, -1):
             t0 = c * chunk
             T = min(L, t0 + chunk) - t0
-            for w in range(width):   # stage the chunk: dt, dt·u, u and the gradient of y, per channel row
+            for w in range(width):   # stage the chunk along each channel's row (vectorised), then step-major
                 bias_d = bias[d0 + w] if has_bias else zero
-                drow, urow, grow = delta[b, d0 + w], u[b, d0 + w], dout[b, d0 + w]
+                drow, grow = delta[b, d0 + w], dout[b, d0 + w]
+                if softplus:
+                    for t in range(T):
+                        v = drow[t0 + t] + bias_d
+                        r_dt[w, t] = scalar_softplus(v)
+                        r_dtg[w, t] = scalar_softplus_grad(v)
+                else:
+                    for t in range(T):
+                        r_dt[w, t] = drow[t0 + t] + bias_d
+                if has_z:
+                    zrow = z[b, d0 + w]
+                    for t in range(T):
+                        zt = zrow[t0 + t]
+                        sg = scalar_sigmoid(zt)
+                        r_sig[w, t] = sg
+                        r_dy[w, t] = grow[t0 + t] * zt * sg
+                else:
+                    for t in range(T):
+                        r_dy[w, t] = grow[t0 + t]
+            for w in range(width):
+                urow = u[b, d0 + w]
                 for t in range(T):
-                    v = drow[t0 + t] + bias_d
-                    dtv = scalar_softplus(v) if softplus else v
-                    if softplus:
-                        dtg_t[t, w] = scalar_softplus_grad(v)
+                    dtv = r_dt[w, t]
                     dt_t[t, w] = dtv
                     u_t[t, w] = urow[t0 + t]
                     x_t[t, w] = dtv * urow[t0 + t]
-                    if has_z:
-                        zt = z[b, d0 + w, t0 + t]
-                        dy_t[t, w] = grow[t0 + t] * zt * scalar_sigmoid(zt)
-                    else:
-                        dy_t[t, w] = grow[t0 + t]
+                    dy_t[t, w] = r_dy[w, t]
             for w in range(lanes):
                 for n in range(N):
-                    H[0, n, w] = states[b, d0 + w, c, n] if w < width else zero
-            for t in range(T):   # recompute the chunk's states (and <C, h> where z needs it)
+                    h[n, w] = states[b, d0 + w, c, n] if w < width else zero
+            for t in range(T):   # recompute the chunk: its decays and decayed states
                 tb = t0 + t
                 cut = has_starts and starts[b, tb]
-                for w in range(lanes):
-                    yc_t[t, w] = zero
                 for n in range(N):
-                    bn, cn = Bs[tb, n], Cs[tb, n]
+                    bn = Bs[tb, n]
                     for w in range(lanes):
                         e = _exp2_float32(dt_t[t, w] * A2[n, w])
                         e = zero if cut else e
+                        q = e * h[n, w]
                         E[t, n, w] = e
-                        hn = e * H[t, n, w] + x_t[t, w] * bn
-                        H[t + 1, n, w] = hn
-                        yc_t[t, w] += cn * hn
-            for t in range(T - 1, -1, -1):   # walking back: each state's gradient, then what it gives
+                        Q[t, n, w] = q
+                        h[n, w] = q + x_t[t, w] * bn
+            for t in range(T - 1, -1, -1):   # walking back: the gradient G of each state, over its decay
+                cn_row = Cs[t0 + t]
+                for n in range(N):
+                    cn = cn_row[n]
+                    for w in range(lanes):
+                        g = dh[n, w] + dy_t[t, w] * cn
+                        dh[n, w] = g * E[t, n, w]   # ... carried to h_{t-1}
+                        E[t, n, w] = g
+            for t in range(T):   # what the gradients give, step by step (h_t = Q_t + x_t B_t)
                 tb = t0 + t
                 for w in range(lanes):
-                    acc[w] = zero    # d(dt)
-                    acc2[w] = zero   # sum_n G·B
+                    ddt_t[t, w] = zero
+                    gb_t[t, w] = zero
+                    yc_t[t, w] = zero
+                cb = zero
+                dyx = zero
+                for w in range(lanes):
+                    dyx += dy_t[t, w] * x_t[t, w]
                 for n in range(N):
                     bn, cn = Bs[tb, n], Cs[tb, n]
+                    cb += cn * bn
                     sum_b = zero
                     sum_c = zero
                     for w in range(lanes):
-                        g = dh[n, w] + dy_t[t, w] * cn          # the gradient of h_t
-                        e = E[t, n, w]
-                        gHE = g * H[t, n, w] * e
-                        acc[w] += gHE * Ar[n, w] + g * bn * u_t[t, w]
-                        acc2[w] += g * bn
-                        dA[n, w] += gHE * dt_t[t, w]
+                        g = E[t, n, w]
+                        q = Q[t, n, w]
+                        gq = g * q
+                        ddt_t[t, w] += gq * Ar[n, w]
+                        gb_t[t, w] += g * bn
+                        dA[n, w] += gq * dt_t[t, w]
+                        yc_t[t, w] += cn * q
                         sum_b += g * x_t[t, w]
-                        sum_c += dy_t[t, w] * H[t + 1, n, w]
-                        dh[n, w] = g * e                        # ... carried to h_{t-1}
+                        sum_c += dy_t[t, w] * q
                     dBs[tb, n] += sum_b
-                    dCs[tb, n] += sum_c
+                    dCs[tb, n] += sum_c + bn * dyx
                 for w in range(lanes):
-                    ddt_t[t, w] = acc[w]
-                    du_t[t, w] = acc2[w] * dt_t[t, w]
-            for w in range(width):   # back to the channel rows: du, d(delta), dz
-                D_d = D[d0 + w] if has_D else zero
-                du_row, dd_row = du[b, d0 + w], ddelta[b, d0 + w]
+                    ddt_t[t, w] += gb_t[t, w] * u_t[t, w]
+                    yc_t[t, w] += cb * x_t[t, w]
+            for w in range(width):   # back to channel rows: d(dt), du/dt and <C, h>
                 for t in range(T):
-                    dd = ddt_t[t, w]
-                    dd_row[t0 + t] = dd * dtg_t[t, w] if softplus else dd
-                    du_row[t0 + t] = du_t[t, w] + dy_t[t, w] * D_d
+                    r_dt[w, t] = ddt_t[t, w]
+                    r_gb[w, t] = gb_t[t, w]
+                    r_yc[w, t] = yc_t[t, w]
+            for w in range(width):   # du, d(delta), dz along each channel's row
+                D_d = D[d0 + w] if has_D else zero
+                urow = u[b, d0 + w]
+                du_row, dd_row = du[b, d0 + w], ddelta[b, d0 + w]
+                if softplus:
+                    for t in range(T):
+                        r_dt[w, t] = r_dt[w, t] * r_dtg[w, t]
+                for t in range(T):
+                    dd_row[t0 + t] = r_dt[w, t]
+                    du_row[t0 + t] = r_gb[w, t] * dt_t[t, w] + r_dy[w, t] * D_d
+                if has_D:
+                    s = zero
+                    for t in range(T):
+                        s += r_dy[w, t] * urow[t0 + t]
+                    dD_part[d0 + w] += s
+                if has_bias:
+                    s = zero
+                    for t in range(T):
+                        s += r_dt[w, t]
+                    dbias_part[d0 + w] += s
                 if has_z:
-                    grow, zrow, urow, dz_row = dout[b, d0 + w], z[b, d0 + w], u[b, d0 + w], dz[b, d0 + w]
+                    grow, zrow, dz_row = dout[b, d0 + w], z[b, d0 + w], dz[b, d0 + w]
                     for t in range(T):
                         zt = zrow[t0 + t]
-                        s = scalar_sigmoid(zt)
-                        dz_row[t0 + t] = (grow[t0 + t] * (yc_t[t, w] + D_d * urow[t0 + t])
-                                          * (s + zt * (s - s * s)))
+                        sg = r_sig[w, t]
+                        dz_row[t0 + t] = (grow[t0 + t] * (r_yc[w, t] + D_d * urow[t0 + t])
+                                          * (sg + zt * (sg - sg * sg)))
         for w in range(width):
             d = d0 + w
             for n in range(N):
@@ -153,17 +209,3 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
             if has_dh0:
                 for n in range(N):
                     dh0[b, d, n] = dh[n, w]
-            if has_D:
-                s = zero
-                urow, dd_src = u[b, d], dout[b, d]
-                for t in range(L):
-                    zt = z[b, d, t] if has_z else zero
-                    gy = dd_src[t] * zt * scalar_sigmoid(zt) if has_z else dd_src[t]
-                    s += gy * urow[t]
-                dD_part[d] += s
-            if has_bias:
-                s = zero
-                dd_row = ddelta[b, d]
-                for t in range(L):
-                    s += dd_row[t]
-                dbias_part[d] += s
