@@ -57,7 +57,8 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
     ddt_t = np.empty((chunk, lanes), dtype=u.dtype)   # sum_n G·Q·A, then d(dt)
     gb_t = np.empty((chunk, lanes), dtype=u.dtype)    # sum_n G·B
     yc_t = np.empty((chunk, lanes), dtype=u.dtype)    # <C_t, h_t>, for dz
-    r_dt = np.empty((lanes, chunk), dtype=u.dtype)    # channel-major rows: dt, later d(dt)
+    r_dt = np.empty((lanes, chunk), dtype=u.dtype)    # channel-major rows: dt
+    r_ddt = np.empty((lanes, chunk), dtype=u.dtype)   # d(dt), then d(delta)
     r_dtg = np.empty((lanes, chunk), dtype=u.dtype)   # d dt / d delta (softplus)
     r_sig = np.empty((lanes, chunk), dtype=u.dtype)   # sigmoid(z)
     r_dy = np.empty((lanes, chunk), dtype=u.dtype)    # gradient of the ungated y
@@ -170,31 +171,30 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
                 for w in range(lanes):
                     ddt_t[t, w] += gb_t[t, w] * u_t[t, w]
                     yc_t[t, w] += cb * x_t[t, w]
-            for w in range(width):   # back to channel rows: d(dt), du/dt and <C, h>
+            for w in range(width):   # back to channel rows: d(dt), sum_n G·B and <C, h>
                 for t in range(T):
-                    r_dt[w, t] = ddt_t[t, w]
+                    r_ddt[w, t] = ddt_t[t, w]
                     r_gb[w, t] = gb_t[t, w]
                     r_yc[w, t] = yc_t[t, w]
-            for w in range(width):   # du, d(delta), dz along each channel's row
+            for w in range(width):   # du, d(delta), dz and the D and bias sums along each channel's row
                 D_d = D[d0 + w] if has_D else zero
                 urow = u[b, d0 + w]
                 du_row, dd_row = du[b, d0 + w], ddelta[b, d0 + w]
                 if softplus:
                     for t in range(T):
-                        r_dt[w, t] = r_dt[w, t] * r_dtg[w, t]
+                        r_ddt[w, t] *= r_dtg[w, t]
+                sum_D = zero
+                sum_bias = zero
                 for t in range(T):
-                    dd_row[t0 + t] = r_dt[w, t]
-                    du_row[t0 + t] = r_gb[w, t] * dt_t[t, w] + r_dy[w, t] * D_d
+                    dd = r_ddt[w, t]
+                    dd_row[t0 + t] = dd
+                    du_row[t0 + t] = r_gb[w, t] * r_dt[w, t] + r_dy[w, t] * D_d
+                    sum_D += r_dy[w, t] * urow[t0 + t]
+                    sum_bias += dd
                 if has_D:
-                    s = zero
-                    for t in range(T):
-                        s += r_dy[w, t] * urow[t0 + t]
-                    dD_part[d0 + w] += s
+                    dD_part[d0 + w] += sum_D
                 if has_bias:
-                    s = zero
-                    for t in range(T):
-                        s += r_dt[w, t]
-                    dbias_part[d0 + w] += s
+                    dbias_part[d0 + w] += sum_bias
                 if has_z:
                     grow, zrow, dz_row = dout[b, d0 + w], z[b, d0 + w], dz[b, d0 + w]
                     for t in range(T):
