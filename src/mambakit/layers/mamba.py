@@ -29,6 +29,7 @@ from ..ops import (
     selective_state_update,
 )
 from ..ops.decode import fused_step_applies, mamba_decode_step
+from .lowp_linear import LowPrecisionLinear
 
 
 def _project_channels_first(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -36,13 +37,27 @@ def _project_channels_first(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     An ``nn.Linear`` runs as one product W @ x, so what the conv and scan kernels read comes out in their
     (batch, channels, L) layout: transposing (batch, L, channels) into it is a copy that costs more than the
-    product at prefill shapes (measured: benchmarks/inference.py). Other layers (low-precision weights) are
-    applied to the (batch, L, channels) view.
+    product at prefill shapes (measured: benchmarks/inference.py). A low-precision layer does the same with
+    its dequantized weight beyond the rows its own kernel takes; other layers see the (batch, L, ·) view.
     """
     if type(linear) is nn.Linear:
-        out = _weight_times(linear.weight, x)
-        return out if linear.bias is None else out + linear.bias[:, None]
-    return linear(x.transpose(1, 2)).transpose(1, 2)
+        weight, bias = linear.weight, linear.bias
+    elif isinstance(linear, LowPrecisionLinear) and x.shape[0] * x.shape[2] > _lowp_kernel_rows():
+        # what its forward multiplies by at this many rows, in x's dtype as its forward returns
+        weight = linear.dequantized_weight().to(x.dtype)
+        bias = None if linear.bias is None else linear.bias.to(x.dtype)
+    else:
+        return linear(x.transpose(1, 2)).transpose(1, 2)
+    out = _weight_times(weight, x)
+    return out if bias is None else out + bias[:, None]
+
+
+def _lowp_kernel_rows() -> int:
+    """Rows up to which a low-precision layer runs its own kernel (decoding sizes), beyond which it
+    dequantizes and multiplies."""
+    from ..ops.linear.cpu import MAX_ROWS  # numba: loaded with the first low-precision layer
+
+    return MAX_ROWS
 
 
 def _weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
