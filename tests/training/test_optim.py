@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from mambakit.errors import ConfigError
 from mambakit.models import MambaConfig, MambaLMHeadModel
@@ -25,6 +26,29 @@ def test_no_decay_on_biases_norms_embeddings_A_log_D():
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert len(decayed["params"]) + len(plain["params"]) == len(names)
     assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_fused_adamw_steps_as_the_plain_loop():
+    # build_adamw's fused kernel against torch's one-parameter-at-a-time AdamW, same groups, 5 steps.
+    torch.manual_seed(0)
+    models = [MambaLMHeadModel(MambaConfig(d_model=32, n_layer=2, vocab_size=64)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_adamw(models[0], lr=1e-2, weight_decay=0.1)
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]}
+                               for g in build_adamw(models[1], lr=1e-2, weight_decay=0.1).param_groups],
+                              lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    ids = torch.randint(0, 64, (2, 17))
+    start = models[0].backbone.layers[0].mixer.in_proj.weight.detach().clone()
+    for _ in range(5):
+        for model, opt in zip(models, (fused, plain), strict=True):
+            logits = model(ids[:, :-1])
+            torch.nn.functional.cross_entropy(logits.reshape(-1, 64), ids[:, 1:].reshape(-1)).backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    assert not torch.allclose(models[0].backbone.layers[0].mixer.in_proj.weight, start, atol=1e-3)
 
 
 def test_warmup_then_cosine_to_the_floor():
