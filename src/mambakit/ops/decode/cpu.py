@@ -52,21 +52,25 @@ def scan_rows(xz, xc, dbl, ssm_state, dt_wT, dt_b, A, D, first, end, y):
     R = dt_wT.shape[0]
     has_D = D.shape[0] > 0
     M = xz.shape[0]
+    # the channel loops run over slices from 0: indexed from ``first`` they would not vectorise (numba's
+    # negative-index wraparound check on an index LLVM cannot prove non-negative), 7x slower here
+    channels = end - first
+    bias = dt_b[first:end]
     for m in range(M):
-        dt = y[m]
-        for d in range(first, end):
-            dt[d] = dt_b[d]
+        dt = y[m, first:end]
+        for i in range(channels):
+            dt[i] = bias[i]
         for r in range(R):
             c = dbl[m, r]
-            w = dt_wT[r]
-            for d in range(first, end):
-                dt[d] += w[d] * c
-        for d in range(first, end):
-            dt[d] = scalar_softplus(dt[d])
+            w = dt_wT[r, first:end]
+            for i in range(channels):
+                dt[i] += w[i] * c
+        for i in range(channels):
+            dt[i] = scalar_softplus(dt[i])
         B, C = dbl[m, R:R + N], dbl[m, R + N:]
         for d in range(first, end):
             x = xc[m, d]
-            delta = dt[d]
+            delta = dt[d - first]
             dx = delta * x
             h, a = ssm_state[m, d], A[d]
             acc = zero_of(x)

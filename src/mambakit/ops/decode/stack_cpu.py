@@ -3,11 +3,11 @@ gate, out_proj, residual) in one numba call per thread.
 
 At batch 1 a step reads every weight once and does little arithmetic with it, so it is bound by memory
 bandwidth and, in torch, by the dispatch of some forty operations per layer. Here the work of each layer is
-cut into items (the norm; blocks of channels of in_proj + conv; x_proj; blocks of channels of the state
-update; blocks of out_proj's rows) numbered in order. Each thread claims the next item from an atomic
-counter and, before running it, spins until every item of the phase before is done. A thread that starts
-late claims nothing already taken, so one thread alone finishes the step and no thread ever waits for one
-that never came. The order of every sum is fixed by the items, not by the threads: the result does not
+cut into items (the norm; blocks of channels of in_proj + conv; blocks of x_proj's rows; blocks of channels of
+the state update; blocks of out_proj's rows) numbered in order. Each thread claims the next item from an
+atomic counter and, before running it, spins until every item of the phase before is done. A thread that
+starts late claims nothing already taken, so one thread alone finishes the step and no thread ever waits for
+one that never came. The order of every sum is fixed by the items, not by the threads: the result does not
 depend on how many threads ran or when.
 
 Weights: float32 or float64 (the activations' dtype), or low precision for in_proj and out_proj (bf16 bits
@@ -81,7 +81,7 @@ def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b
     done] (int64, zero at the start); scratch: hidden and update (M, d_model), xz (M, 2·d_inner), xc and y
     (M, d_inner), dbl (M, dt_rank + 2N). The per-layer arguments are typed lists, one entry per layer."""
     n_layer = len(in_w)
-    per_layer = 2 + 3 * blocks
+    per_layer = 1 + 4 * blocks   # NORM, then blocks of IN_CONV, X_PROJ, SCAN and OUT
     total = n_layer * per_layer + 1
     d_model = residual.shape[1]
     while True:
@@ -90,36 +90,28 @@ def stack_step_worker(residual, norm_w, norm_b, in_w, in_s, in_b, conv_w, conv_b
             wait_until_at_least(counters, 1, total)
             return
         layer, k = item // per_layer, item % per_layer
-        if k == 0:            # NORM: waits for the previous layer's out_proj
-            phase_start = item
-        elif k <= blocks:     # IN_CONV
-            phase_start = item - k + 1
-        elif k == blocks + 1:  # X_PROJ
-            phase_start = item
-        elif k <= 2 * blocks + 1:  # SCAN
-            phase_start = item - (k - blocks - 2)
-        else:                 # OUT
-            phase_start = item - (k - 2 * blocks - 2)
-        wait_until_at_least(counters, 1, phase_start)
+        phase, b = (k - 1) // blocks, (k - 1) % blocks   # k == 0 (NORM) gives b == blocks - 1: not used
+        # every item waits for the whole phase before its own (NORM: the previous layer's OUT)
+        wait_until_at_least(counters, 1, item if k == 0 else item - b)
         if layer == n_layer:  # the last item: the final residual addition
             for m in range(residual.shape[0]):
                 for j in range(d_model):
                     residual[m, j] += update[m, j]
         elif k == 0:
             _norm(residual, update, layer > 0, norm_w[layer], norm_b[layer], eps, rms, hidden)
-        elif k <= blocks:
-            first, end = _block(conv_w[layer].shape[0], blocks, k - 1)
+        elif phase == 0:
+            first, end = _block(conv_w[layer].shape[0], blocks, b)
             _in_proj_conv(hidden, in_w[layer], in_s[layer], in_b[layer], conv_state[layer], conv_w[layer],
                           conv_b[layer], first, end, xz, xc)
-        elif k == blocks + 1:
-            linear_rows(x_proj_w[layer], dt_b[layer][:0], dt_b[layer][:0], xc, 0, x_proj_w[layer].shape[0],
-                         dbl, 0)
-        elif k <= 2 * blocks + 1:
-            first, end = _block(A[layer].shape[0], blocks, k - blocks - 2)
+        elif phase == 1:   # rows of x_proj: a block each, so no thread waits on one that reads them all
+            first, end = _block(x_proj_w[layer].shape[0], blocks, b)
+            linear_rows(x_proj_w[layer], dt_b[layer][:0], dt_b[layer][:0], xc, first, end, dbl, 0)
+        elif phase == 2:
+            first, end = _block(A[layer].shape[0], blocks, b)
             scan_rows(xz, xc, dbl, ssm_state[layer], dt_wT[layer], dt_b[layer], A[layer], D[layer], first,
                        end, y)
         else:
-            first, end = _block(d_model, blocks, k - 2 * blocks - 2)
+            first, end = _block(d_model, blocks, b)
             linear_rows(out_w[layer], out_s[layer], out_b[layer], y, first, end, update, 0)
         atomic_fetch_add(counters, 1, 1)
 
