@@ -146,20 +146,23 @@ def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softp
         for c in range(n_chunks):
             t0 = c * chunk
             T = min(L, t0 + chunk) - t0
+            # the chunk's span of each row, indexed from 0: an index t0 + t would keep LLVM from vectorising
+            # the loops over t (numba's wraparound check on an index it cannot prove non-negative)
+            span = slice(t0, t0 + T)
             for w in range(width):
                 for n in range(N):
                     states[b, d0 + w, c, n] = h[n, w]
             for w in range(width):   # dt along each channel's row, where it vectorises
                 bias_d = bias[d0 + w] if has_bias else zero
-                delta_row = delta[b, d0 + w]
+                delta_row = delta[b, d0 + w, span]
                 for t in range(T):
-                    v = delta_row[t0 + t] + bias_d
+                    v = delta_row[t] + bias_d
                     rows[w, t] = scalar_softplus(v) if softplus else v
             for w in range(width):
-                u_row = u[b, d0 + w]
+                u_row = u[b, d0 + w, span]
                 for t in range(T):
                     dt_tile[t, w] = rows[w, t]
-                    x_tile[t, w] = rows[w, t] * u_row[t0 + t]
+                    x_tile[t, w] = rows[w, t] * u_row[t]
             for t in range(T):
                 tb = t0 + t
                 if has_starts and starts[b, tb]:   # a new packed sequence: nothing carries over
@@ -178,16 +181,16 @@ def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softp
                     rows[w, t] = y_tile[t, w]
             for w in range(width):   # D·u and the gate along each channel's row
                 D_d = D[d0 + w] if has_D else zero
-                u_row = u[b, d0 + w]
-                out_row = out[b, d0 + w]
+                u_row = u[b, d0 + w, span]
+                out_row = out[b, d0 + w, span]
                 if has_z:
-                    z_row = z[b, d0 + w]
+                    z_row = z[b, d0 + w, span]
                     for t in range(T):
-                        zt = z_row[t0 + t]
-                        out_row[t0 + t] = (rows[w, t] + D_d * u_row[t0 + t]) * (zt * scalar_sigmoid(zt))
+                        zt = z_row[t]
+                        out_row[t] = (rows[w, t] + D_d * u_row[t]) * (zt * scalar_sigmoid(zt))
                 else:
                     for t in range(T):
-                        out_row[t0 + t] = rows[w, t] + D_d * u_row[t0 + t]
+                        out_row[t] = rows[w, t] + D_d * u_row[t]
         for w in range(width):
             for n in range(N):
                 last[b, d0 + w, n] = h[n, w]

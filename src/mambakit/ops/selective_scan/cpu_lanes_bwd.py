@@ -89,34 +89,37 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
         for c in range(n_chunks - 1, -1, -1):
             t0 = c * chunk
             T = min(L, t0 + chunk) - t0
+            # the chunk's span of each row, indexed from 0: an index t0 + t would keep LLVM from vectorising
+            # the loops over t (numba's wraparound check on an index it cannot prove non-negative)
+            span = slice(t0, t0 + T)
             for w in range(width):   # stage the chunk along each channel's row (vectorised), then step-major
                 bias_d = bias[d0 + w] if has_bias else zero
-                drow, grow = delta[b, d0 + w], dout[b, d0 + w]
+                drow, grow = delta[b, d0 + w, span], dout[b, d0 + w, span]
                 if softplus:
                     for t in range(T):
-                        v = drow[t0 + t] + bias_d
+                        v = drow[t] + bias_d
                         r_dt[w, t] = scalar_softplus(v)
                         r_dtg[w, t] = scalar_softplus_grad(v)
                 else:
                     for t in range(T):
-                        r_dt[w, t] = drow[t0 + t] + bias_d
+                        r_dt[w, t] = drow[t] + bias_d
                 if has_z:
-                    zrow = z[b, d0 + w]
+                    zrow = z[b, d0 + w, span]
                     for t in range(T):
-                        zt = zrow[t0 + t]
+                        zt = zrow[t]
                         sg = scalar_sigmoid(zt)
                         r_sig[w, t] = sg
-                        r_dy[w, t] = grow[t0 + t] * zt * sg
+                        r_dy[w, t] = grow[t] * zt * sg
                 else:
                     for t in range(T):
-                        r_dy[w, t] = grow[t0 + t]
+                        r_dy[w, t] = grow[t]
             for w in range(width):
-                urow = u[b, d0 + w]
+                urow = u[b, d0 + w, span]
                 for t in range(T):
                     dtv = r_dt[w, t]
                     dt_t[t, w] = dtv
-                    u_t[t, w] = urow[t0 + t]
-                    x_t[t, w] = dtv * urow[t0 + t]
+                    u_t[t, w] = urow[t]
+                    x_t[t, w] = dtv * urow[t]
                     dy_t[t, w] = r_dy[w, t]
             for w in range(lanes):
                 for n in range(N):
@@ -178,8 +181,8 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
                     r_yc[w, t] = yc_t[t, w]
             for w in range(width):   # du, d(delta), dz and the D and bias sums along each channel's row
                 D_d = D[d0 + w] if has_D else zero
-                urow = u[b, d0 + w]
-                du_row, dd_row = du[b, d0 + w], ddelta[b, d0 + w]
+                urow = u[b, d0 + w, span]
+                du_row, dd_row = du[b, d0 + w, span], ddelta[b, d0 + w, span]
                 if softplus:
                     for t in range(T):
                         r_ddt[w, t] *= r_dtg[w, t]
@@ -187,20 +190,20 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
                 sum_bias = zero
                 for t in range(T):
                     dd = r_ddt[w, t]
-                    dd_row[t0 + t] = dd
-                    du_row[t0 + t] = r_gb[w, t] * r_dt[w, t] + r_dy[w, t] * D_d
-                    sum_D += r_dy[w, t] * urow[t0 + t]
+                    dd_row[t] = dd
+                    du_row[t] = r_gb[w, t] * r_dt[w, t] + r_dy[w, t] * D_d
+                    sum_D += r_dy[w, t] * urow[t]
                     sum_bias += dd
                 if has_D:
                     dD_part[d0 + w] += sum_D
                 if has_bias:
                     dbias_part[d0 + w] += sum_bias
                 if has_z:
-                    grow, zrow, dz_row = dout[b, d0 + w], z[b, d0 + w], dz[b, d0 + w]
+                    grow, zrow, dz_row = dout[b, d0 + w, span], z[b, d0 + w, span], dz[b, d0 + w, span]
                     for t in range(T):
-                        zt = zrow[t0 + t]
+                        zt = zrow[t]
                         sg = r_sig[w, t]
-                        dz_row[t0 + t] = (grow[t0 + t] * (r_yc[w, t] + D_d * urow[t0 + t])
+                        dz_row[t] = (grow[t] * (r_yc[w, t] + D_d * urow[t])
                                           * (sg + zt * (sg - sg * sg)))
         for w in range(width):
             d = d0 + w
