@@ -27,6 +27,7 @@ MAX_ROWS = linear_cpu.MAX_ROWS   # above this batch, matrix-matrix products beat
 MIN_BYTES_PER_WORKER = 1 << 21   # weights per step below which a second thread costs more than it saves
 BLOCKS_PER_WORKER = 2
 _TORCH = {np.float32: torch.float32, np.float64: torch.float64}   # the kernels' dtypes, as torch names them
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _array(t: torch.Tensor | None, dtype: np.dtype) -> np.ndarray:
@@ -114,7 +115,17 @@ class StackPlan:
         self._lists: tuple | None = None
         self._states_key: tuple | None = None
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
+        self._state_shapes: dict[int, tuple[list[torch.Size], list[torch.Size]]] = {}
         self._lock = threading.Lock()   # the lists and scratch are the plan's own: one step at a time
+
+    def state_shapes(self, batch: int) -> tuple[list[torch.Size], list[torch.Size]]:
+        """Every layer's conv_state and ssm_state shapes at this batch size."""
+        shapes = self._state_shapes.get(batch)
+        if shapes is None:
+            shapes = ([torch.Size((batch, *layer["conv_w"].shape)) for layer in self.layers],
+                      [torch.Size((batch, *layer["A"].shape)) for layer in self.layers])
+            self._state_shapes[batch] = shapes
+        return shapes
 
     def step(self, residual: torch.Tensor, states: list[dict[str, torch.Tensor]],
              workers: int | None = None) -> torch.Tensor:
@@ -152,17 +163,19 @@ class StackPlan:
 
 def stack_decoder(backbone: nn.Module, residual: torch.Tensor, states: list) -> StackPlan | None:
     """The plan for one decoding step of ``backbone`` from ``residual`` (batch, d_model) with these layer
-    ``states``, or None where the fused step does not apply (see the module docstring)."""
+    ``states``, or None where the fused step does not apply (see the module docstring). It runs before every
+    token, so what it checks is cheap: the layers' kinds only when the plan is (re)built."""
     if torch.is_grad_enabled() or backbone.shared is not None or not backbone.fused_stack_decode:
         return None
-    if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] > MAX_ROWS:
+    if not residual.is_cpu or residual.dim() != 2 or residual.shape[0] > MAX_ROWS:
         return None
-    dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(residual.dtype)
-    if dtype is None or not all(type(layer.mixer) is MambaBlock for layer in backbone.layers):
+    dtype = _NUMPY.get(residual.dtype)
+    if dtype is None:
         return None
     plan = _plans.get(backbone)
-    # valid while no module, parameter or buffer was assigned anywhere and no source tensor changed
-    # (its storage, or its version counter: an in-place update such as an optimiser step)
+    # valid while no module, parameter or buffer was assigned anywhere (so every mixer is still the
+    # MambaBlock it was) and no source tensor changed (its storage, or its version counter: an in-place
+    # update such as an optimiser step)
     if (plan is None or plan.dtype is not dtype or plan.registrations != _registrations[0]
             or plan.sources_key != _tensor_key(plan.sources)):
         plan = _build(backbone, dtype)
@@ -171,21 +184,23 @@ def stack_decoder(backbone: nn.Module, residual: torch.Tensor, states: list) -> 
         return None
     if residual.shape[1] != plan.d_model or len(states) != len(plan.layers):
         return None
-    batch = residual.shape[0]
-    for state, layer in zip(states, plan.layers, strict=True):
+    conv_shape, ssm_shape = plan.state_shapes(residual.shape[0])
+    torch_dtype = residual.dtype
+    for state, conv, ssm in zip(states, conv_shape, ssm_shape, strict=True):
         # the kernel does not check bounds: states of any other shape go to the layer-by-layer path,
         # whose checks name what is wrong
-        if not isinstance(state, dict) or set(state) != {"conv_state", "ssm_state"}:
+        if type(state) is not dict or len(state) != 2:
             return None
-        expected = {"conv_state": (batch, *layer["conv_w"].shape), "ssm_state": (batch, *layer["A"].shape)}
-        for name, t in state.items():
-            if (not isinstance(t, torch.Tensor) or t.dtype != residual.dtype or t.device.type != "cpu"
-                    or not t.is_contiguous() or tuple(t.shape) != expected[name]):
+        for t, shape in ((state.get("conv_state"), conv), (state.get("ssm_state"), ssm)):
+            if (not isinstance(t, torch.Tensor) or t.shape != shape or t.dtype != torch_dtype or not t.is_cpu
+                    or not t.is_contiguous()):
                 return None
     return plan
 
 
 def _build(backbone: nn.Module, dtype) -> StackPlan | None:
+    if not all(type(layer.mixer) is MambaBlock for layer in backbone.layers):
+        return None
     kinds = {_norm_kind(layer.norm) for layer in backbone.layers}
     if len(kinds) != 1 or None in kinds or len(backbone.layers) == 0:
         return None
