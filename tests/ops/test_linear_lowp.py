@@ -1,6 +1,6 @@
 """Low-precision linear maps: int8 quantization round trip, the fused kernel against the reference (bf16
-and int8 weights, with and without bias, 1 to 16 rows, leading dimensions), the dispatcher's choice, and
-refused arguments."""
+and int8 weights, with and without bias, 1 to 16 rows, leading dimensions, weights long enough to be
+prefetched), the dispatcher's choice, and refused arguments."""
 
 import pytest
 import torch
@@ -38,6 +38,23 @@ def test_kernel_matches_reference(kind, rows, with_bias):
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     # the reference itself: the float32 product with the dequantized weight
     assert torch.allclose(want, x @ dequantize(weight, scales).T + (0 if bias is None else bias), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "int8"])
+def test_kernel_rows_past_the_prefetch_distance_and_in_blocks(kind):
+    # 300 rows of 100 weights span more than the bytes the kernel prefetches ahead, so the prefetching loop
+    # runs (a hint only: the sums must not change), here over the whole range and over uneven blocks
+    weight, scales = _weights(kind, 300, 100, seed=7)
+    x = torch.randn(2, 100, generator=torch.Generator().manual_seed(8))
+    w_np, s_np, b_np = linear_cpu.kernel_arrays(weight, scales, None)
+    s_np = torch.empty(0).numpy() if s_np is None else s_np
+    whole, blocks = torch.empty(2, 300), torch.empty(2, 300)
+    linear_cpu.linear_rows(w_np, s_np, b_np, x.numpy(), 0, 300, whole.numpy(), 0)
+    for first, end in [(0, 7), (7, 150), (150, 299), (299, 300)]:
+        linear_cpu.linear_rows(w_np, s_np, b_np, x.numpy(), first, end, blocks.numpy(), 0)
+    assert torch.equal(whole, blocks)
+    want = linear_lowp_ref(x, weight, scales, None)
+    assert (whole - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_leading_dimensions_and_dtype_are_kept():

@@ -11,6 +11,7 @@ from numba import njit
 
 from ...errors import DeviceError
 from ..cpu.kernel_math import FASTMATH, widen_weight, zero_of
+from ..cpu.prefetch import CACHE_LINE, prefetch, prefetch_distance
 from ..cpu.threads import run_blocks, split_pairs
 from .ref import check_lowp_args
 
@@ -23,8 +24,13 @@ def linear_rows(w, scales, bias, x, first, end, out, out_offset):
     (float32 / float64, bf16 bits as uint16, or int8; an empty ``scales`` or ``bias`` is left out)."""
     M, K = x.shape
     has_scale, has_bias = scales.shape[0] > 0, bias.shape[0] > 0
+    ahead, row_bytes = prefetch_distance(w), K * w.itemsize
     for r in range(first, end):
         row = w[r]
+        if ahead > 0:   # the row `ahead` bytes on, within this call's rows
+            start = r * row_bytes + ahead
+            for offset in range(start, min(start + row_bytes, end * row_bytes), CACHE_LINE):
+                prefetch(w, offset)
         for m in range(M):
             xm = x[m]
             acc = zero_of(xm[0])
