@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from machine import describe
 
 from mambakit.models import MambaConfig, MambaLMHeadModel
 from mambakit.models.formats import hf as hf_format
@@ -118,8 +119,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bandwidth = bandwidth_gb_s()
-    print(f"{torch.get_num_threads()} threads; memory bandwidth (copy) {bandwidth:.1f} GB/s; decode: "
-          f"median of {args.rounds} rounds x {args.steps} steps; prefill: {args.prompt_len} tokens, "
+    print(f"{describe()}; {torch.get_num_threads()} threads; memory bandwidth (copy) {bandwidth:.1f} GB/s; "
+          f"decode: median of {args.rounds} rounds x {args.steps} steps; prefill: {args.prompt_len} tokens, "
           f"median of the rounds")
     for shape in args.shapes.split(","):
         config = MambaConfig(**SHAPES[shape])

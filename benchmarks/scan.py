@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from machine import describe
 
 from mambakit.ops import selective_scan_ref
 from mambakit.ops.cpu.kernel_math import exp_float32
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         impls = {k: impls[k] for k in wanted}
 
     limits = machine_limits(0.1 if args.quick else 0.5)
-    print(f"# selective scan benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{args.threads} threads, torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(f"# selective scan benchmark: {describe()}, {args.threads} threads, torch {torch.__version__}, "
+          f"python {sys.version.split()[0]}")
     print(f"# memory bandwidth {limits['bandwidth'] / 1e9:.1f} GB/s; exp throughput: torch "
           f"{limits['torch_exp'] / 1e9:.2f} G/s ({args.threads} threads), mambakit float32 exp "
           f"{limits['ours_exp_1thread'] / 1e9:.2f} G/s (1 thread)")

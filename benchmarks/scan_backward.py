@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from machine import describe
 
 from mambakit.ops.selective_scan.cpu import selective_scan_cpu
 
@@ -54,7 +55,7 @@ def main() -> None:
                 run(k, g)
                 times.setdefault((k, g), []).append(time.perf_counter() - start)
     med = {key: statistics.median(v) * 1e3 for key, v in times.items()}
-    print(f"shape (batch, dim, L, N) = {(b, d, L, N)}, {torch.get_num_threads()} threads, "
+    print(f"{describe()}; shape (batch, dim, L, N) = {(b, d, L, N)}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
     print("| kernels | forward ms | backward ms | backward / forward |")
     print("|---|---|---|---|")

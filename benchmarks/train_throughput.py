@@ -29,6 +29,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from machine import describe
 
 from mambakit.layers import MambaBlock
 from mambakit.models import MambaConfig, MambaLMHeadModel
@@ -235,7 +236,7 @@ def main() -> None:
             breakdown(model, config, batch, args.steps, 1, args.matmul_size)
     print(f"config: d_model={args.d_model} n_layer={args.n_layer} d_state={args.d_state} "
           f"vocab={args.vocab_size}, batch {args.batch_size} x {args.seq_len}, device {device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; {describe()}")
     print("| implementation | train tokens/s |")
     print("|---|---|")
     for backend, rate in results.items():

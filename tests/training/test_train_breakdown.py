@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +11,8 @@ import torch
 from mambakit.models import MambaConfig, MambaLMHeadModel
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
+if str(_PATH.parent) not in sys.path:   # as when run as a script: its sibling modules import by name
+    sys.path.insert(0, str(_PATH.parent))
 _spec = importlib.util.spec_from_file_location("train_throughput", _PATH)
 tt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tt)
