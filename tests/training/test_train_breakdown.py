@@ -11,8 +11,8 @@ import torch
 from mambakit.models import MambaConfig, MambaLMHeadModel
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
-if str(_PATH.parent) not in sys.path:   # as when run as a script: its sibling modules import by name
-    sys.path.insert(0, str(_PATH.parent))
+if str(_PATH.parent) not in sys.path:   # its sibling modules import by name; last, so none shadows another
+    sys.path.append(str(_PATH.parent))
 _spec = importlib.util.spec_from_file_location("train_throughput", _PATH)
 tt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tt)
