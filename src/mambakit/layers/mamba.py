@@ -263,7 +263,9 @@ class MambaBlock(nn.Module):
             state["ssm_state"].copy_(last_state)
         else:
             y = result
-        return self.out_proj(y.transpose(1, 2))
+        # W @ y in y's (batch, d_inner, L) layout, returned as a (batch, L, d_model) view: a Linear on
+        # y.transpose(1, 2) would copy y into rows, and its gradient would reach the scan transposed
+        return _project_channels_first(self.out_proj, y).transpose(1, 2)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
         """A zero state: conv_state (batch, d_inner, d_conv) in ``dtype`` (default: the conv weight's) and
