@@ -8,6 +8,9 @@
     .venv/bin/python benchmarks/train_throughput.py --d-model 256 --n-layer 4 --batch-size 8 --seq-len 256 \
         --threads 2 --breakdown --skip-hf --scan-backends auto     # where a step's time goes
 
+On the CPU, glibc's malloc is set to keep freed memory for the next step, as ``mambakit train`` does
+(:mod:`mambakit.training.memory`); ``--malloc-defaults`` leaves it as it is, for comparison.
+
 Both models are built from one ``MambaConfig`` (randomly initialised: speed does not depend on the weights)
 and trained on the same random tokens. Prints a table and the ratio (higher = mambakit faster).
 
@@ -34,6 +37,7 @@ from machine import describe
 from mambakit.layers import MambaBlock
 from mambakit.models import MambaConfig, MambaLMHeadModel
 from mambakit.models.formats import hf as hf_format
+from mambakit.training.memory import keep_freed_memory
 
 
 def hf_model(config: MambaConfig, device: torch.device) -> torch.nn.Module:
@@ -217,10 +221,14 @@ def main() -> None:
     p.add_argument("--breakdown", action="store_true",
                    help="also profile mambakit's step (the first scan backend) and print where the time goes")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul timed for the floor")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (by default they are set as `mambakit "
+                        "train` sets them on the CPU: mambakit.training.memory)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    kept = not args.malloc_defaults and device.type == "cpu" and keep_freed_memory()
     config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state,
                          vocab_size=args.vocab_size)
     torch.manual_seed(0)
@@ -236,7 +244,8 @@ def main() -> None:
             breakdown(model, config, batch, args.steps, 1, args.matmul_size)
     print(f"config: d_model={args.d_model} n_layer={args.n_layer} d_state={args.d_state} "
           f"vocab={args.vocab_size}, batch {args.batch_size} x {args.seq_len}, device {device}, "
-          f"{torch.get_num_threads()} threads; {describe()}")
+          f"{torch.get_num_threads()} threads, freed memory "
+          f"{'kept' if kept else 'returned (malloc defaults)'}; {describe()}")
     print("| implementation | train tokens/s |")
     print("|---|---|")
     for backend, rate in results.items():

@@ -107,6 +107,7 @@ def _resolve_train_configs(args) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _cmd_train(args) -> int:
     from ..training import TrainConfig, Trainer, TrainingInterrupted
+    from ..training.memory import keep_freed_memory
 
     model, train = _resolve_train_configs(args)
     config = TrainConfig.from_dict(train)
@@ -117,6 +118,8 @@ def _cmd_train(args) -> int:
         raise ConfigError("overwrite: expected --overwrite with --out (a new run), got it with --resume")
     trainer = Trainer(model, config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, log=log)
     main = trainer.info.is_main
+    if trainer.info.device.type == "cpu":   # this process is the run's: freed tensors stay for the next step
+        keep_freed_memory()
     try:
         result = trainer.run()
     except TrainingInterrupted as stop:
