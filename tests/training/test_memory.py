@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from mambakit.training.memory import ENV_SETTINGS, keep_freed_memory
+from mambakit.training.memory import ENV_SETTINGS, keep_freed_memory, uses_glibc
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                           reason="glibc's malloc only")
+glibc = pytest.mark.skipif(not uses_glibc(), reason="glibc's malloc only")
 
 # Minor page faults of allocating, touching and freeing four 8 MB blocks together, ten times, before and
 # after the call. By default glibc's thresholds adapt (the first freed block raises the mmap threshold to
