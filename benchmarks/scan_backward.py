@@ -20,20 +20,29 @@ from machine import describe
 from mambakit.ops.selective_scan.cpu import selective_scan_cpu
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_scan_args(description: str, repeats: int) -> tuple[argparse.Namespace, list[torch.Tensor]]:
+    """The command line (--shape, --repeats, --threads, threads applied) and the scan's random inputs for the
+    shape: u, delta, A, B, C, D, z, delta_bias."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--shape", default="8,512,256,16", help="batch,dim,L,N (default: the LM benchmark's)")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     b, d, L, N = (int(v) for v in args.shape.split(","))
+    args.shape = (b, d, L, N)
     gen = torch.Generator().manual_seed(0)
     base = [torch.randn(b, d, L, generator=gen), torch.randn(b, d, L, generator=gen) * 0.5,
             -torch.rand(d, N, generator=gen) - 0.5, torch.randn(b, N, L, generator=gen),
             torch.randn(b, N, L, generator=gen), torch.randn(d, generator=gen),
             torch.randn(b, d, L, generator=gen), torch.randn(d, generator=gen) * 0.3]
+    return args, base
+
+
+def main() -> None:
+    args, base = parse_scan_args(__doc__.splitlines()[0], repeats=7)
+    b, d, L, N = args.shape
     leaves = [t.clone().requires_grad_(True) for t in base]
 
     def run(kind: str, backward: bool) -> None:
