@@ -14,9 +14,9 @@ runs before the timer starts.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 import types
+from pathlib import Path
 
 import torch
 from machine import describe
@@ -29,7 +29,7 @@ from mambakit.training.memory import keep_freed_memory
 # Each part: the loop headers (by their comments) made empty to leave it out.
 _LOOPS = {
     "stage": "            for w in range(width):   # stage the chunk",
-    "transpose in": "            for w in range(width):\n                urow = u[b, d0 + w, span]",
+    "transpose in": "            for w in range(width):   # the rows into step-major tiles",
     "recompute": "            for t in range(T):   # recompute the chunk",
     "walk back": "            for t in range(T - 1, -1, -1):   # walking back",
     "gradients": "            for t in range(T):   # what the gradients give",
@@ -47,7 +47,7 @@ VARIANTS = {
 
 def variant_kernel(parts: tuple[str, ...]):
     """The lane backward kernel compiled with the loops of ``parts`` emptied."""
-    source = open(cpu_lanes_bwd.__file__).read()
+    source = Path(cpu_lanes_bwd.__file__).read_text()
     source = source.replace("from ..cpu.kernel_math", "from mambakit.ops.cpu.kernel_math")
     source = source.replace("from .cpu_lanes import", "from mambakit.ops.selective_scan.cpu_lanes import")
     source = source.replace("cache=True", "cache=False")
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -113,7 +113,7 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
                 else:
                     for t in range(T):
                         r_dy[w, t] = grow[t]
-            for w in range(width):
+            for w in range(width):   # the rows into step-major tiles
                 urow = u[b, d0 + w, span]
                 for t in range(T):
                     dtv = r_dt[w, t]
