@@ -48,7 +48,7 @@ VARIANTS = {
 def variant_kernel(parts: tuple[str, ...]):
     """The lane backward kernel compiled with the loops of ``parts`` emptied."""
     source = Path(cpu_lanes_bwd.__file__).read_text()
-    source = source.replace("from ..cpu.kernel_math", "from mambakit.ops.cpu.kernel_math")
+    source = source.replace("from ..cpu.", "from mambakit.ops.cpu.")
     source = source.replace("from .cpu_lanes import", "from mambakit.ops.selective_scan.cpu_lanes import")
     source = source.replace("cache=True", "cache=False")
     for part in parts:

@@ -6,7 +6,7 @@ by their exponentials. So float32 gets its own branch-free exp (Cody-Waite range
 polynomial, relative error below 6e-7, exactly 0 / inf / NaN where exp underflows, overflows or gets NaN) and
 log1p on [0, 1] (series of atanh), from which softplus (torch's threshold of 20) and sigmoid are built; the
 float64 versions keep libm. ``scalar_exp``, ``scalar_softplus``, ``scalar_sigmoid`` and
-``scalar_softplus_grad`` dispatch on the scalar type when compiled, so one kernel source serves both dtypes.
+``softplus_with_grad`` dispatch on the scalar type when compiled, so one kernel source serves both dtypes.
 """
 
 from __future__ import annotations
@@ -178,16 +178,28 @@ def _sigmoid_overload(x):
     return lambda x: 1.0 / (1.0 + math.exp(-x))
 
 
-def scalar_softplus_grad(x):
-    """d softplus / dx: sigmoid(x), and 1 above the threshold (in float32, sigmoid is exactly 1 there)."""
-    return 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
+def softplus_with_grad(x):
+    """(softplus(x), its derivative sigmoid(x)), as :func:`scalar_softplus` and :func:`scalar_sigmoid` give
+    them, dispatched on the scalar type when compiled. float32 shares one exp between the two: with
+    e = exp(-|x|), sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) below."""
+    if x > _SOFTPLUS_THRESHOLD:
+        return x, 1.0
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x))), 1.0 / (1.0 + math.exp(-x))
 
 
-@overload(scalar_softplus_grad)
-def _softplus_grad_overload(x):
+@njit(fastmath=FASTMATH, inline="always", cache=True)
+def _softplus_with_grad_float32(x):
+    e = _exp_float32(-abs(x))   # in [0, 1]: never overflows
+    r = _ONE / (_ONE + e)
+    return max(x, _ZERO) + _log1p_unit_float32(e), (r if x >= _ZERO else e * r)
+
+
+@overload(softplus_with_grad)
+def _softplus_with_grad_overload(x):
     if x == types.float32:
-        return lambda x: _ONE / (_ONE + _exp_float32(-x))
-    return lambda x: 1.0 if x > _SOFTPLUS_THRESHOLD else 1.0 / (1.0 + math.exp(-x))
+        return lambda x: _softplus_with_grad_float32(x)
+    return lambda x: ((x, 1.0) if x > _SOFTPLUS_THRESHOLD
+                      else (max(x, 0.0) + math.log1p(math.exp(-abs(x))), 1.0 / (1.0 + math.exp(-x))))
 
 
 softplus_float32 = elementwise_float32(scalar_softplus, "softplus_float32")

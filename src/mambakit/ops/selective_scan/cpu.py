@@ -43,7 +43,7 @@ import torch
 from numba import njit
 
 from ...errors import ConfigError
-from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, scalar_softplus_grad
+from ..cpu.kernel_math import FASTMATH, scalar_exp, scalar_sigmoid, scalar_softplus, softplus_with_grad
 from ..cpu.threads import run_blocks, split_pairs
 from ..packing import sequence_starts
 from . import cpu_lanes, cpu_lanes_bwd
@@ -69,8 +69,7 @@ def _steps(delta_row, bias_d, softplus, dt, dt_grad):
     else:
         for t in range(L):
             x = delta_row[t] + bias_d
-            dt[t] = scalar_softplus(x)
-            dt_grad[t] = scalar_softplus_grad(x)
+            dt[t], dt_grad[t] = softplus_with_grad(x)
 
 
 @njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -17,6 +17,9 @@ across lanes (dB and dC, shared by the block's channels, take one sum over the l
 per block instead of once per channel; they share the third pass's loop, which measured faster than two).
 Element-wise work (softplus and its derivative, the gate, D·u, dz, the D and bias sums) runs along each
 channel's contiguous row, staged through (lanes, chunk) tiles as in the forward.
+The scratch tiles are allocated by the plain wrapper :func:`scan_backward_lanes_kernel` and passed to
+:func:`_backward_blocks`, compiled ``noalias`` (:mod:`mambakit.ops.cpu.noalias`): told that no two tiles
+overlap, LLVM keeps the accumulators of the N passes in registers.
 It computes what :func:`~mambakit.ops.selective_scan.cpu.scan_backward_kernel` computes for the same blocks
 (:func:`~.cpu_lanes.lane_blocks`), which stays the backward pass for float64 and time-invariant B or C.
 """
@@ -26,44 +29,55 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..cpu.kernel_math import FASTMATH, LOG2E, scalar_sigmoid, scalar_softplus, scalar_softplus_grad
+from ..cpu.kernel_math import FASTMATH, LOG2E, scalar_sigmoid, softplus_with_grad
+from ..cpu.noalias import njit_noalias
 from .cpu_lanes import LANES, _exp2_float32
 
 
-@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+@njit(nogil=True, cache=True)
 def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus, b_sel, dpg_b, c_b_sel,
                                dpg_c, chunk, blocks, first_block, end_block, zero, states, dout,
                                dlast, du, ddelta, dz, dh0, dA_part, dB_part, dC_part, dD_part, dbias_part):
     """Gradients for the blocks ``first_block <= i < end_block`` of ``blocks`` (rows (b, d0, d1)); the
     arguments as :func:`~.cpu.scan_backward_kernel`'s (dA_part, dB_part, dC_part, dD_part, dbias_part: this
-    thread's partial sums)."""
+    thread's partial sums). Allocates the scratch tiles and hands them to :func:`_backward_blocks`."""
+    N, lanes, dtype = A.shape[1], LANES, u.dtype
+    per_n = (np.empty((N, lanes), dtype), np.empty((N, lanes), dtype), np.empty((N, lanes), dtype),
+             np.empty((N, lanes), dtype), np.empty((N, lanes), dtype))
+    per_step_n = (np.empty((chunk, N, lanes), dtype), np.empty((chunk, N, lanes), dtype))
+    per_step = (np.empty((chunk, lanes), dtype), np.empty((chunk, lanes), dtype),
+                np.empty((chunk, lanes), dtype), np.empty((chunk, lanes), dtype),
+                np.empty((chunk, lanes), dtype), np.empty((chunk, lanes), dtype),
+                np.empty((chunk, lanes), dtype))
+    per_row = (np.empty((lanes, chunk), dtype), np.empty((lanes, chunk), dtype),
+               np.empty((lanes, chunk), dtype), np.empty((lanes, chunk), dtype),
+               np.empty((lanes, chunk), dtype), np.empty((lanes, chunk), dtype),
+               np.empty((lanes, chunk), dtype))
+    _backward_blocks(u, delta, A, Bk, Ck, D, z, bias, starts, softplus, b_sel, dpg_b, c_b_sel, dpg_c, chunk,
+                     blocks, first_block, end_block, zero, states, dout, dlast, du, ddelta, dz, dh0, dA_part,
+                     dB_part, dC_part, dD_part, dbias_part, per_n, per_step_n, per_step, per_row)
+
+
+# Every array it writes is its own (the outputs are fresh, the tiles its wrapper's), so it may be compiled
+# noalias: measured, the lane backward took 14% less time than with the tiles allocated here.
+@njit_noalias(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def _backward_blocks(u, delta, A, Bk, Ck, D, z, bias, starts, softplus, b_sel, dpg_b, c_b_sel, dpg_c, chunk,
+                     blocks, first_block, end_block, zero, states, dout, dlast, du, ddelta, dz, dh0, dA_part,
+                     dB_part, dC_part, dD_part, dbias_part, per_n, per_step_n, per_step, per_row):
+    """:func:`scan_backward_lanes_kernel`, with its scratch tiles as four tuples of arrays: (N, lanes),
+    (chunk, N, lanes), step-major (chunk, lanes) and channel-major (lanes, chunk)."""
+    A2, Ar, h, dh, dA = per_n         # A·log2(e) (the decay's exponent in base 2), A, h, its gradient, dA
+    E, Q = per_step_n                 # the decays, walking back the states' gradients G; exp(dt_t A) h_{t-1}
+    # dt, dt·u, u, the gradient of the ungated y; sum_n G·Q·A then d(dt); sum_n G·B; <C_t, h_t> for dz
+    dt_t, x_t, u_t, dy_t, ddt_t, gb_t, yc_t = per_step
+    # channel-major rows: dt; d(dt) then d(delta); d dt / d delta; sigmoid(z); dy; sum_n G·B; <C, h>
+    r_dt, r_ddt, r_dtg, r_sig, r_dy, r_gb, r_yc = per_row
     L = u.shape[2]
     N = A.shape[1]
     lanes = LANES   # compiled in, as in the forward kernel
     n_chunks = (L + chunk - 1) // chunk
     has_D, has_z, has_bias, has_dh0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, dh0.shape[0] > 0
     has_starts = starts.shape[0] > 0
-    A2 = np.empty((N, lanes), dtype=u.dtype)          # A·log2(e): the decay's exponent in base 2
-    Ar = np.empty((N, lanes), dtype=u.dtype)          # A itself, for the gradients
-    E = np.empty((chunk, N, lanes), dtype=u.dtype)    # the decays; walking back, the states' gradients G
-    Q = np.empty((chunk, N, lanes), dtype=u.dtype)    # exp(dt_t A) h_{t-1}, the decayed state
-    h = np.empty((N, lanes), dtype=u.dtype)
-    dh = np.empty((N, lanes), dtype=u.dtype)
-    dA = np.empty((N, lanes), dtype=u.dtype)
-    dt_t = np.empty((chunk, lanes), dtype=u.dtype)    # step-major tiles of the chunk
-    x_t = np.empty((chunk, lanes), dtype=u.dtype)     # dt · u
-    u_t = np.empty((chunk, lanes), dtype=u.dtype)
-    dy_t = np.empty((chunk, lanes), dtype=u.dtype)    # gradient of the ungated y
-    ddt_t = np.empty((chunk, lanes), dtype=u.dtype)   # sum_n G·Q·A, then d(dt)
-    gb_t = np.empty((chunk, lanes), dtype=u.dtype)    # sum_n G·B
-    yc_t = np.empty((chunk, lanes), dtype=u.dtype)    # <C_t, h_t>, for dz
-    r_dt = np.empty((lanes, chunk), dtype=u.dtype)    # channel-major rows: dt
-    r_ddt = np.empty((lanes, chunk), dtype=u.dtype)   # d(dt), then d(delta)
-    r_dtg = np.empty((lanes, chunk), dtype=u.dtype)   # d dt / d delta (softplus)
-    r_sig = np.empty((lanes, chunk), dtype=u.dtype)   # sigmoid(z)
-    r_dy = np.empty((lanes, chunk), dtype=u.dtype)    # gradient of the ungated y
-    r_gb = np.empty((lanes, chunk), dtype=u.dtype)
-    r_yc = np.empty((lanes, chunk), dtype=u.dtype)
     for block in range(first_block, end_block):
         b, d0, width = blocks[block, 0], blocks[block, 1], blocks[block, 2] - blocks[block, 1]
         if width > lanes:
@@ -98,8 +112,7 @@ def scan_backward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, starts, softplus
                 if softplus:
                     for t in range(T):
                         v = drow[t] + bias_d
-                        r_dt[w, t] = scalar_softplus(v)
-                        r_dtg[w, t] = scalar_softplus_grad(v)
+                        r_dt[w, t], r_dtg[w, t] = softplus_with_grad(v)
                 else:
                     for t in range(T):
                         r_dt[w, t] = drow[t] + bias_d
