@@ -14,7 +14,7 @@ from numba import njit, types
 
 from mambakit.ops.cpu import noalias
 from mambakit.ops.cpu.kernel_math import FASTMATH, softplus_float32, softplus_with_grad
-from mambakit.ops.selective_scan import cpu_lanes_bwd
+from mambakit.ops.selective_scan import cpu_lanes, cpu_lanes_bwd
 from mambakit.ops.selective_scan.cpu import selective_scan_cpu
 
 
@@ -85,8 +85,18 @@ def test_njit_noalias_marks_every_array_argument_and_plain_njit_none():
     assert _data_pointers(marked) == {"x": True, "y": True, "out": True}
 
 
+def _fresh_noalias_compile(kernel, signature):
+    """``kernel``'s source and options compiled afresh for ``signature`` (numba shows no IR for code loaded
+    from its cache; when the wrapper is loaded from it, the inner kernel is inlined and never compiled)."""
+    assert kernel._compiler._customize_flags is noalias._with_noalias   # the real one is hooked too
+    options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
+    fresh = noalias.njit_noalias(**options)(kernel.py_func)
+    fresh.compile(signature)
+    return fresh
+
+
 @pytest.mark.skipif(not noalias.NOALIAS_AVAILABLE, reason="this numba has no noalias flag")
-def test_the_lane_backward_pass_compiles_noalias():
+def test_the_lane_kernels_compile_noalias():
     g = torch.Generator().manual_seed(0)
     b, d, n, L = 1, 8, 4, 10
     u, delta = torch.randn(b, d, L, generator=g), torch.rand(b, d, L, generator=g)
@@ -94,17 +104,20 @@ def test_the_lane_backward_pass_compiles_noalias():
     B, C = torch.randn(b, 1, n, L, generator=g), torch.randn(b, 1, n, L, generator=g)
     u.requires_grad_(True)
     selective_scan_cpu(u, delta, A, B, C, delta_softplus=True).sum().backward()
-    outer, kernel = cpu_lanes_bwd.scan_backward_lanes_kernel, cpu_lanes_bwd._backward_blocks
-    assert outer.signatures, "the float32 backward with input-dependent B and C did not run the lane kernel"
-    assert kernel._compiler._customize_flags is noalias._with_noalias
-    # numba shows no IR for code loaded from its cache, so the same source and options, compiled afresh for
-    # the wrapper's arguments and its four tuples of tiles
-    options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}
-    fresh = noalias.njit_noalias(**options)(kernel.py_func)
+    forward, backward = cpu_lanes.scan_forward_lanes_kernel, cpu_lanes_bwd.scan_backward_lanes_kernel
+    assert forward.signatures and backward.signatures, "float32, B and C per step: not the lane kernels"
     tile2, tile3 = types.Array(types.float32, 2, "C"), types.Array(types.float32, 3, "C")
-    fresh.compile((*outer.signatures[0], types.UniTuple(tile2, 5), types.UniTuple(tile3, 2),
-                   types.UniTuple(tile2, 7), types.UniTuple(tile2, 7)))
-    pointers = _data_pointers(fresh)
+
+    inner = _fresh_noalias_compile(cpu_lanes._forward_blocks, (
+        *forward.signatures[0], types.UniTuple(tile2, 2), types.UniTuple(tile2, 3), tile2))
+    pointers = _data_pointers(inner)
+    assert {"u", "Bk", "out", "states", "last", "per_n.0", "per_step.2", "rows"} <= set(pointers)
+    assert len(pointers) == 14 + 6 and all(pointers.values()), pointers
+
+    inner = _fresh_noalias_compile(cpu_lanes_bwd._backward_blocks, (
+        *backward.signatures[0], types.UniTuple(tile2, 5), types.UniTuple(tile3, 2), types.UniTuple(tile2, 7),
+        types.UniTuple(tile2, 7)))
+    pointers = _data_pointers(inner)
     # the inputs, the outputs, the partial sums and every scratch tile (5 + 2 + 7 + 7 in four tuples)
     assert {"u", "dout", "states", "du", "ddelta", "dA_part", "per_n.0", "per_row.6"} <= set(pointers)
     assert len(pointers) == 22 + 21 and all(pointers.values()), pointers

@@ -27,6 +27,8 @@ matters because the forward pass is bound by its batch·dim·L·N decays.
 It writes exactly what the per-channel kernel writes (out, the state before every chunk in the layout the
 backward kernel reads, the last state), so the backward pass is shared. float64 and time-invariant (dim, N)
 B or C stay on the per-channel kernel (:func:`uses_lane_kernel`), which keeps one compiled variant here.
+The tiles are allocated by the plain wrapper and passed to :func:`_forward_blocks`, compiled ``noalias``
+(:mod:`mambakit.ops.cpu.noalias`), so LLVM keeps the state tile's loads and stores out of each other's way.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..cpu.kernel_math import (
     scalar_sigmoid,
     scalar_softplus,
 )
+from ..cpu.noalias import njit_noalias
 
 # Channels per block, the width of every tile (narrower blocks are padded); faster than 8, 16 and 64 on AVX2
 # (one thread, (1, 768, 2048, 16)). The kernels compile it in: blocks must be built with it.
@@ -104,7 +107,7 @@ def _load_states(h, h0, b, d0, width, zero):
             h[n, w] = h0[b, d0 + w, n]
 
 
-@njit(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+@njit(nogil=True, cache=True)
 def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softplus, b_sel, dpg_b, c_b_sel,
                                dpg_c, chunk, blocks, first_block, end_block, zero, out, states, last):
     """The per-channel forward kernel's (out, states, last) for the blocks ``first_block <= i < end_block``
@@ -115,19 +118,33 @@ def scan_forward_lanes_kernel(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softp
     Bk, Ck: (batch or 1, groups, L, N); row b·b_sel, group d // dpg_b
     serve (b, d). out: like u; states: (batch, dim, ceil(L / chunk), N), the state before each chunk; last:
     (batch, dim, N).
+
+    It allocates the scratch tiles and hands them to :func:`_forward_blocks`.
     """
+    N, lanes, dtype = A.shape[1], LANES, u.dtype
+    per_n = (np.empty((N, lanes), dtype), np.empty((N, lanes), dtype))
+    per_step = (np.empty((chunk, lanes), dtype), np.empty((chunk, lanes), dtype),
+                np.empty((chunk, lanes), dtype))
+    rows = np.empty((lanes, chunk), dtype)   # channel-major staging of dt, then of y
+    _forward_blocks(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softplus, b_sel, dpg_b, c_b_sel, dpg_c,
+                    chunk, blocks, first_block, end_block, zero, out, states, last, per_n, per_step, rows)
+
+
+# Every array it writes is its own (fresh outputs, its wrapper's tiles), so it may be compiled noalias
+# (:mod:`mambakit.ops.cpu.noalias`): measured 7% faster than with the tiles allocated here.
+@njit_noalias(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def _forward_blocks(u, delta, A, Bk, Ck, D, z, bias, h0, starts, softplus, b_sel, dpg_b, c_b_sel, dpg_c,
+                    chunk, blocks, first_block, end_block, zero, out, states, last, per_n, per_step, rows):
+    """:func:`scan_forward_lanes_kernel` with its scratch tiles as arguments: (N, lanes) h and A·log2(e),
+    three step-major (chunk, lanes) tiles, and the channel-major (lanes, chunk) rows."""
     L = u.shape[2]
     N = A.shape[1]
     lanes = LANES   # a compile-time constant: the lane loops unroll without per-row alias checks
     n_chunks = (L + chunk - 1) // chunk
     has_D, has_z, has_bias, has_h0 = D.shape[0] > 0, z.shape[0] > 0, bias.shape[0] > 0, h0.shape[0] > 0
     has_starts = starts.shape[0] > 0
-    h = np.empty((N, lanes), dtype=u.dtype)        # the block's states, one row per state index n
-    A_tile = np.empty((N, lanes), dtype=u.dtype)   # A·log2(e), transposed to the same layout
-    dt_tile = np.empty((chunk, lanes), dtype=u.dtype)
-    x_tile = np.empty((chunk, lanes), dtype=u.dtype)   # dt · u
-    y_tile = np.empty((chunk, lanes), dtype=u.dtype)   # <C_t, h_t>
-    rows = np.empty((lanes, chunk), dtype=u.dtype)     # channel-major staging of dt, then of y
+    h, A_tile = per_n       # the block's states, one row per state index n; A·log2(e) in the same layout
+    dt_tile, x_tile, y_tile = per_step   # dt; dt · u; <C_t, h_t>
     for block in range(first_block, end_block):
         b, d0, width = blocks[block, 0], blocks[block, 1], blocks[block, 2] - blocks[block, 1]
         if width > lanes:
